@@ -1,0 +1,143 @@
+//! Audit events: who, from where, what, on what, and how it ended. Every
+//! operator change, every SSH command and every refusal is one event.
+
+use serde::Serialize;
+
+use crate::store::{Result, Store, format_time, now_ms};
+
+/// How an audited request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Allowed and done.
+    Ok,
+    /// Refused by policy or authentication.
+    Denied,
+    /// Allowed, but it failed (not found, conflict, capacity, usage …).
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Denied => "denied",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// An event about to be recorded.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The account login, or `operator` for the operator CLI.
+    pub actor: String,
+    /// `cli` or the client's `IP:PORT`.
+    pub source: String,
+    pub project: Option<String>,
+    /// What was asked: a command line, `auth`, `forward` …
+    pub action: String,
+    /// What it was done to (an email, a cluster, a forward target …).
+    pub target: String,
+    pub outcome: Outcome,
+    /// The error or result line.
+    pub detail: String,
+}
+
+/// A stored event, as `audit` lists it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Record {
+    pub id: i64,
+    #[serde(rename = "time", serialize_with = "time_str")]
+    pub at: i64,
+    pub actor: String,
+    pub source: String,
+    pub project: Option<String>,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub detail: String,
+}
+
+fn time_str<S: serde::Serializer>(ms: &i64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&format_time(*ms))
+}
+
+impl Record {
+    pub fn time(&self) -> String {
+        format_time(self.at)
+    }
+}
+
+/// Longest text kept in one field: commands can be long, the log must not be.
+const MAX_FIELD: usize = 512;
+
+fn clip(s: &str) -> String {
+    if s.len() <= MAX_FIELD {
+        return s.to_string();
+    }
+    let mut end = MAX_FIELD;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+impl Store {
+    /// Writes one event. Failing to audit is an error the caller must see:
+    /// an action that cannot be audited should not pass silently.
+    pub async fn audit(&self, e: &Event) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_events (at, actor, source, project, action, target, outcome, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(now_ms())
+        .bind(clip(&e.actor))
+        .bind(clip(&e.source))
+        .bind(e.project.clone())
+        .bind(clip(&e.action))
+        .bind(clip(&e.target))
+        .bind(e.outcome.as_str())
+        .bind(clip(&e.detail))
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` events, of one project or of all, newest first.
+    pub async fn audit_events(&self, project: Option<&str>, limit: i64) -> Result<Vec<Record>> {
+        let rows = match project {
+            Some(p) => {
+                sqlx::query_as(
+                    "SELECT id, at, actor, source, project, action, target, outcome, detail FROM audit_events \
+                     WHERE project = $1 ORDER BY id DESC LIMIT $2",
+                )
+                .bind(p)
+                .bind(limit)
+                .fetch_all(self.pool())
+                .await?
+            }
+            None => {
+                sqlx::query_as(
+                    "SELECT id, at, actor, source, project, action, target, outcome, detail FROM audit_events \
+                     ORDER BY id DESC LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(self.pool())
+                .await?
+            }
+        };
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_fields_are_clipped_on_a_char_boundary() {
+        let s = "é".repeat(600);
+        let c = super::clip(&s);
+        assert!(c.len() <= super::MAX_FIELD + '…'.len_utf8());
+        assert!(c.ends_with('…'));
+    }
+}

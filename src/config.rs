@@ -1,0 +1,260 @@
+//! The TOML configuration (interface.md §2): every key defaulted, unknown keys
+//! refused by name, relative paths resolved against the config file's folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Deserializer};
+
+/// Where the config is read from when `--config` is not given.
+pub const DEFAULT_PATH: &str = "config/gatehouse.toml";
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: Server,
+    pub database: Database,
+    pub limits: Limits,
+    pub log: Log,
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// SSH listener address.
+    pub listen: String,
+    /// The ed25519 host key; created with mode 0600 on first start.
+    pub host_key: PathBuf,
+    /// How long SIGTERM waits for forwards to drain before closing them.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: "0.0.0.0:2222".into(),
+            host_key: "../data/host_ed25519".into(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Database {
+    /// `sqlite://PATH` (relative to the config file) or `postgres://…`.
+    pub url: String,
+    /// Connections the gateway keeps open to the database.
+    pub max_connections: u32,
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Database {
+            url: "sqlite://../data/gatehouse.db".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Authentication attempts allowed on one connection (OpenSSH MaxAuthTries).
+    pub max_auth_attempts: usize,
+    /// Time allowed from connect to successful authentication (LoginGraceTime).
+    #[serde(deserialize_with = "duration")]
+    pub login_grace_time: Duration,
+    /// A connection with no traffic on any channel for this long is closed.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Live connections one account may hold on this gateway.
+    pub max_sessions_per_account: usize,
+    /// Live connections in total on this gateway.
+    pub max_connections: usize,
+    /// How long a forward may take to connect to its target.
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Authentication failures from one address before it is refused for a while.
+    pub penalty_after_failures: u32,
+    /// The first refusal period; each further offence doubles it, up to `penalty_max`.
+    #[serde(deserialize_with = "duration")]
+    pub penalty_base: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub penalty_max: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_auth_attempts: 6,
+            login_grace_time: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(3600),
+            max_sessions_per_account: 100,
+            max_connections: 10_000,
+            connect_timeout: Duration::from_secs(10),
+            penalty_after_failures: 10,
+            penalty_base: Duration::from_secs(30),
+            penalty_max: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `gatehouse=debug`; `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Address of the Prometheus `/metrics` and `/healthz` endpoint; empty
+    /// means off.
+    pub listen: String,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {s:?}: {e} (use e.g. 30s, 5m, 1h)"
+        ))
+    })
+}
+
+impl Config {
+    /// Loads the config at `path`, or at [`DEFAULT_PATH`] when none is given.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let path = path.unwrap_or(Path::new(DEFAULT_PATH));
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "invalid config file {}: {}",
+                path.display(),
+                e.message().trim()
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        config.resolve(&base)?;
+        Ok(config)
+    }
+
+    fn resolve(&mut self, base: &Path) -> Result<()> {
+        let abs = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        self.server.host_key = abs(&self.server.host_key);
+        if let Some(rest) = self.database.url.strip_prefix("sqlite://") {
+            let (file, query) = match rest.split_once('?') {
+                Some((f, q)) => (f, Some(q)),
+                None => (rest, None),
+            };
+            if file != ":memory:" && !file.is_empty() {
+                let file = abs(Path::new(file));
+                self.database.url = match query {
+                    Some(q) => format!("sqlite://{}?{q}", file.display()),
+                    None => format!("sqlite://{}", file.display()),
+                };
+            }
+        } else if !self.database.url.starts_with("postgres://")
+            && !self.database.url.starts_with("postgresql://")
+        {
+            bail!(
+                "invalid config: database.url must start with sqlite:// or postgres://, got {:?}",
+                self.database.url
+            );
+        }
+        self.listen_addr()?;
+        if !self.metrics.listen.is_empty() {
+            self.metrics.listen.parse::<SocketAddr>().with_context(|| {
+                format!(
+                    "invalid config: metrics.listen {:?} is not HOST:PORT",
+                    self.metrics.listen
+                )
+            })?;
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!(
+                "invalid config: log.format must be \"text\" or \"json\", got {:?}",
+                self.log.format
+            );
+        }
+        if self.limits.max_auth_attempts == 0 {
+            bail!("invalid config: limits.max_auth_attempts must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr> {
+        self.server.listen.parse().with_context(|| {
+            format!(
+                "invalid config: server.listen {:?} is not IP:PORT",
+                self.server.listen
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("g.toml");
+        std::fs::write(&path, text)?;
+        Config::load(Some(&path))
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = load("").unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:2222");
+        assert!(c.server.host_key.ends_with("../data/host_ed25519"));
+        assert!(c.database.url.starts_with("sqlite:///"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = load("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 2\n").unwrap_err();
+        assert!(format!("{e:#}").contains("listne"), "{e:#}");
+        let e = load("[nope]\n").unwrap_err();
+        assert!(format!("{e:#}").contains("nope"), "{e:#}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(load("[server]\nlisten = \"nowhere\"\n").is_err());
+        assert!(load("[database]\nurl = \"mysql://x\"\n").is_err());
+        assert!(load("[limits]\nidle_timeout = \"soon\"\n").is_err());
+        assert!(load("[log]\nformat = \"xml\"\n").is_err());
+    }
+
+    #[test]
+    fn postgres_url_is_kept() {
+        let c = load("[database]\nurl = \"postgres://u:p@127.0.0.1:5432/db\"\n").unwrap();
+        assert_eq!(c.database.url, "postgres://u:p@127.0.0.1:5432/db");
+    }
+}

@@ -1,0 +1,118 @@
+//! The `gatehouse` binary: `serve` and the operator CLI.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use gatehouse::config::Config;
+use gatehouse::operator::{self, AccountCmd, AuditArgs, KeyCmd, NodeCmd, ProjectCmd};
+use gatehouse::output::CmdError;
+use gatehouse::store::Store;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "An SSH gateway for GPU cluster projects"
+)]
+struct Cli {
+    /// Config file [default: $GATEHOUSE_CONFIG, else config/gatehouse.toml]
+    #[arg(long, global = true, env = "GATEHOUSE_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the SSH gateway.
+    Serve,
+    /// Manage accounts.
+    #[command(subcommand)]
+    Account(AccountCmd),
+    /// Manage accounts' SSH keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Manage projects.
+    #[command(subcommand)]
+    Project(ProjectCmd),
+    /// Manage the node pool.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Show audit events, newest first.
+    Audit(AuditArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::Serve = cli.command {
+        return match gatehouse::gateway::serve(config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    init_cli_logging();
+    let store = match Store::connect(&config.database.url, 2).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = match cli.command {
+        Command::Serve => unreachable!("handled above"),
+        Command::Account(c) => operator::account(&store, c).await,
+        Command::Key(c) => operator::key(&store, c).await,
+        Command::Project(c) => operator::project(&store, c).await,
+        Command::Node(c) => operator::node(&store, c).await,
+        Command::Audit(a) => operator::audit(&store, a).await,
+    };
+    finish(result)
+}
+
+fn finish(result: Result<String, CmdError>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}", e.line());
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+/// The operator CLI logs only warnings, to stderr, so its stdout stays clean.
+fn init_cli_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}

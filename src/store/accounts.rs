@@ -1,0 +1,190 @@
+//! Accounts and their SSH keys.
+
+use serde::Serialize;
+
+use super::{Result, Store, StoreError, conflict_on_unique, now_ms};
+use crate::model::{Email, Login, SshPublicKey};
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Account {
+    #[serde(skip)]
+    pub id: i64,
+    pub email: String,
+    pub login: String,
+    #[serde(serialize_with = "as_bool")]
+    pub disabled: i64,
+    #[serde(skip)]
+    pub created_at: i64,
+}
+
+fn as_bool<S: serde::Serializer>(v: &i64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_bool(*v != 0)
+}
+
+impl Account {
+    pub fn is_disabled(&self) -> bool {
+        self.disabled != 0
+    }
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct KeyRecord {
+    #[serde(skip)]
+    pub id: i64,
+    #[serde(skip)]
+    pub account_id: i64,
+    pub fingerprint: String,
+    pub algorithm: String,
+    pub comment: String,
+    #[serde(skip)]
+    pub public_key: String,
+    #[serde(skip)]
+    pub created_at: i64,
+}
+
+impl Store {
+    pub async fn account_add(&self, email: &Email, login: &Login) -> Result<Account> {
+        let inserted = sqlx::query_as(
+            "INSERT INTO accounts (email, email_norm, login, disabled, created_at) \
+             VALUES ($1, $2, $3, 0, $4) RETURNING id, email, login, disabled, created_at",
+        )
+        .bind(email.as_str())
+        .bind(email.normalized())
+        .bind(login.as_str())
+        .bind(now_ms())
+        .fetch_one(self.pool())
+        .await;
+        match inserted {
+            Ok(account) => Ok(account),
+            // Both the email and the login may clash; the email is the
+            // account's identity, so name it first.
+            Err(e) if super::is_unique_violation(&e) => Err(StoreError::Conflict(
+                if self.account_by_email(email).await?.is_some() {
+                    format!("an account with email {email} already exists")
+                } else {
+                    format!("login {login} is already taken: choose another with --login")
+                },
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn accounts(&self) -> Result<Vec<Account>> {
+        Ok(sqlx::query_as(
+            "SELECT id, email, login, disabled, created_at FROM accounts ORDER BY email_norm",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn account_by_email(&self, email: &Email) -> Result<Option<Account>> {
+        Ok(sqlx::query_as(
+            "SELECT id, email, login, disabled, created_at FROM accounts WHERE email_norm = $1",
+        )
+        .bind(email.normalized())
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Like [`Store::account_by_email`], but a missing account is an error
+    /// that names the email.
+    pub async fn need_account(&self, email: &Email) -> Result<Account> {
+        self.account_by_email(email)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no account for {email}")))
+    }
+
+    /// The account that may log in as `login` with the key `fingerprint`:
+    /// the single lookup made for every authentication, on two unique indexes.
+    pub async fn account_for_login_key(
+        &self,
+        login: &str,
+        fingerprint: &str,
+    ) -> Result<Option<Account>> {
+        Ok(sqlx::query_as(
+            "SELECT a.id, a.email, a.login, a.disabled, a.created_at \
+             FROM accounts a JOIN ssh_keys k ON k.account_id = a.id \
+             WHERE a.login = $1 AND k.fingerprint = $2",
+        )
+        .bind(login)
+        .bind(fingerprint)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    pub async fn account_by_id(&self, id: i64) -> Result<Option<Account>> {
+        Ok(sqlx::query_as(
+            "SELECT id, email, login, disabled, created_at FROM accounts WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Disables the account; returns it, or Conflict when it already was.
+    pub async fn account_disable(&self, email: &Email) -> Result<Account> {
+        let account = self.need_account(email).await?;
+        if account.is_disabled() {
+            return Err(StoreError::Conflict(format!(
+                "account {email} is already disabled"
+            )));
+        }
+        sqlx::query("UPDATE accounts SET disabled = 1 WHERE id = $1")
+            .bind(account.id)
+            .execute(self.pool())
+            .await?;
+        Ok(Account {
+            disabled: 1,
+            ..account
+        })
+    }
+
+    pub async fn key_add(&self, account: &Account, key: &SshPublicKey) -> Result<KeyRecord> {
+        let line = key
+            .to_openssh()
+            .map_err(|e| StoreError::Refused(format!("cannot encode the key: {e}")))?;
+        let row: KeyRecord = sqlx::query_as(
+            "INSERT INTO ssh_keys (account_id, fingerprint, algorithm, public_key, comment, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             RETURNING id, account_id, fingerprint, algorithm, comment, public_key, created_at",
+        )
+        .bind(account.id)
+        .bind(key.fingerprint())
+        .bind(key.algorithm())
+        .bind(line)
+        .bind(key.comment())
+        .bind(now_ms())
+        .fetch_one(self.pool())
+        .await
+        .map_err(|e| {
+            conflict_on_unique(e, || {
+                format!("key {} is already registered (to this or another account)", key.fingerprint())
+            })
+        })?;
+        Ok(row)
+    }
+
+    pub async fn keys_of(&self, account_id: i64) -> Result<Vec<KeyRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT id, account_id, fingerprint, algorithm, comment, public_key, created_at \
+             FROM ssh_keys WHERE account_id = $1 ORDER BY id",
+        )
+        .bind(account_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn key_remove(&self, account_id: i64, fingerprint: &str) -> Result<()> {
+        let done = sqlx::query("DELETE FROM ssh_keys WHERE account_id = $1 AND fingerprint = $2")
+            .bind(account_id)
+            .bind(fingerprint)
+            .execute(self.pool())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "no key {fingerprint} on this account"
+            )));
+        }
+        Ok(())
+    }
+}

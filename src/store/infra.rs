@@ -1,0 +1,425 @@
+//! Nodes (the operator's pool), clusters built from them, and volumes.
+
+use serde::Serialize;
+
+use super::{Result, Store, StoreError, conflict_on_unique, now_ms};
+use crate::model::{HostPort, Name, Size};
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Node {
+    #[serde(skip)]
+    pub id: i64,
+    pub name: String,
+    pub host: String,
+    pub port: i64,
+    pub gpu_type: Option<String>,
+    pub gpus: i64,
+    /// The cluster it is allocated to; `None` while in the free pool.
+    pub cluster: Option<String>,
+    pub project: Option<String>,
+}
+
+impl Node {
+    pub fn address(&self) -> String {
+        HostPort {
+            host: self.host.clone(),
+            port: self.port as u16,
+        }
+        .to_string()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Cluster {
+    #[serde(skip)]
+    pub id: i64,
+    #[serde(skip)]
+    pub project_id: i64,
+    pub project: String,
+    pub name: String,
+    pub gpu_type: Option<String>,
+    pub description: String,
+    pub kube_api: Option<String>,
+    pub dashboard: Option<String>,
+    pub node_user: String,
+    pub kube_ca: Option<String>,
+    #[serde(skip)]
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Volume {
+    #[serde(skip)]
+    pub id: i64,
+    pub name: String,
+    pub size_gib: i64,
+    #[serde(skip)]
+    pub created_at: i64,
+}
+
+impl Volume {
+    pub fn size(&self) -> Size {
+        Size::from_gib(self.size_gib)
+    }
+}
+
+/// One validated `KEY=VALUE` of `cluster config`; `None` clears the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterConfigChange {
+    Description(String),
+    KubeApi(Option<String>),
+    Dashboard(Option<String>),
+    NodeUser(String),
+    KubeCa(Option<String>),
+}
+
+const NODE_SELECT: &str = "SELECT n.id, n.name, n.host, n.port, n.gpu_type, n.gpus, c.name AS cluster, p.name AS project \
+     FROM nodes n LEFT JOIN clusters c ON c.id = n.cluster_id LEFT JOIN projects p ON p.id = c.project_id";
+
+const CLUSTER_SELECT: &str = "SELECT c.id, c.project_id, p.name AS project, c.name, c.gpu_type, c.description, \
+     c.kube_api, c.dashboard, c.node_user, c.kube_ca, c.created_at \
+     FROM clusters c JOIN projects p ON p.id = c.project_id";
+
+impl Store {
+    pub async fn node_register(
+        &self,
+        name: &Name,
+        addr: &HostPort,
+        gpu_type: Option<&str>,
+        gpus: i64,
+    ) -> Result<Node> {
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO nodes (name, host, port, gpu_type, gpus, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(name.as_str())
+        .bind(&addr.host)
+        .bind(addr.port as i64)
+        .bind(gpu_type)
+        .bind(gpus)
+        .bind(now_ms())
+        .fetch_one(self.pool())
+        .await
+        .map_err(|e| {
+            let addr_clash = matches!(&e, sqlx::Error::Database(d) if d.message().contains("host"));
+            conflict_on_unique(e, || {
+                if addr_clash {
+                    format!("address {addr} is already registered to another node")
+                } else {
+                    format!("node {name} already exists")
+                }
+            })
+        })?;
+        Ok(Node {
+            id,
+            name: name.to_string(),
+            host: addr.host.clone(),
+            port: addr.port as i64,
+            gpu_type: gpu_type.map(str::to_string),
+            gpus,
+            cluster: None,
+            project: None,
+        })
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<Node>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{NODE_SELECT} ORDER BY n.name"
+        )))
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn nodes_of_cluster(&self, cluster_id: i64) -> Result<Vec<Node>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{NODE_SELECT} WHERE n.cluster_id = $1 ORDER BY n.name"
+        )))
+        .bind(cluster_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Nodes of every cluster in the projects `account_id` belongs to: what
+    /// forwarding may reach for that account.
+    pub async fn nodes_for_account(&self, account_id: i64) -> Result<Vec<Node>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{NODE_SELECT} JOIN memberships m ON m.project_id = p.id WHERE m.account_id = $1 ORDER BY n.name"
+        )))
+        .bind(account_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Clusters of every project `account_id` belongs to.
+    pub async fn clusters_for_account(&self, account_id: i64) -> Result<Vec<Cluster>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{CLUSTER_SELECT} JOIN memberships m ON m.project_id = p.id WHERE m.account_id = $1 ORDER BY p.name, c.name"
+        )))
+        .bind(account_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn clusters(&self, project_id: i64) -> Result<Vec<Cluster>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{CLUSTER_SELECT} WHERE c.project_id = $1 ORDER BY c.name"
+        )))
+        .bind(project_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn cluster(&self, project_id: i64, name: &Name) -> Result<Cluster> {
+        let found: Option<Cluster> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{CLUSTER_SELECT} WHERE c.project_id = $1 AND c.name = $2"
+        )))
+        .bind(project_id)
+        .bind(name.as_str())
+        .fetch_optional(self.pool())
+        .await?;
+        found.ok_or_else(|| StoreError::NotFound(format!("no cluster {name} in this project")))
+    }
+
+    async fn free_nodes(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        gpu_type: Option<&str>,
+    ) -> Result<i64> {
+        let (n,): (i64,) = match gpu_type {
+            Some(t) => {
+                sqlx::query_as(
+                    "SELECT COUNT(*) FROM nodes WHERE cluster_id IS NULL AND gpu_type = $1",
+                )
+                .bind(t)
+                .fetch_one(&mut **tx)
+                .await?
+            }
+            None => {
+                sqlx::query_as("SELECT COUNT(*) FROM nodes WHERE cluster_id IS NULL")
+                    .fetch_one(&mut **tx)
+                    .await?
+            }
+        };
+        Ok(n)
+    }
+
+    /// Moves `count` free nodes (of `gpu_type`, if given) into the cluster.
+    async fn allocate(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        cluster_id: i64,
+        count: i64,
+        gpu_type: Option<&str>,
+    ) -> Result<()> {
+        let free = self.free_nodes(tx, gpu_type).await?;
+        let kind = gpu_type.map(|t| format!(" {t}")).unwrap_or_default();
+        if free < count {
+            return Err(StoreError::Refused(format!(
+                "not enough free{kind} nodes: asked for {count}, {free} free in the pool"
+            )));
+        }
+        // `cluster_id IS NULL` is checked again on the rows themselves, so a
+        // node taken by a concurrent transaction is never taken twice.
+        let done = match gpu_type {
+            Some(t) => sqlx::query(
+                "UPDATE nodes SET cluster_id = $1 WHERE cluster_id IS NULL AND id IN \
+                 (SELECT id FROM nodes WHERE cluster_id IS NULL AND gpu_type = $3 ORDER BY name LIMIT $2)",
+            )
+            .bind(cluster_id)
+            .bind(count)
+            .bind(t),
+            None => sqlx::query(
+                "UPDATE nodes SET cluster_id = $1 WHERE cluster_id IS NULL AND id IN \
+                 (SELECT id FROM nodes WHERE cluster_id IS NULL ORDER BY name LIMIT $2)",
+            )
+            .bind(cluster_id)
+            .bind(count),
+        }
+        .execute(&mut **tx)
+        .await?;
+        if (done.rows_affected() as i64) < count {
+            return Err(StoreError::Refused(format!(
+                "not enough free{kind} nodes: another change took some; try again"
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn cluster_create(
+        &self,
+        project_id: i64,
+        name: &Name,
+        count: i64,
+        gpu_type: Option<&str>,
+    ) -> Result<Cluster> {
+        let mut tx = self.begin_write().await?;
+        self.lock_project(&mut tx, project_id).await?;
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO clusters (project_id, name, gpu_type, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(project_id)
+        .bind(name.as_str())
+        .bind(gpu_type)
+        .bind(now_ms())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| conflict_on_unique(e, || format!("cluster {name} already exists in this project")))?;
+        self.allocate(&mut tx, id, count, gpu_type).await?;
+        tx.commit().await?;
+        self.cluster(project_id, name).await
+    }
+
+    /// Deletes a cluster and returns its nodes to the pool; returns the nodes
+    /// it had, so their forwards can be cut.
+    pub async fn cluster_delete(&self, project_id: i64, name: &Name) -> Result<Vec<Node>> {
+        let cluster = self.cluster(project_id, name).await?;
+        let nodes = self.nodes_of_cluster(cluster.id).await?;
+        let mut tx = self.begin_write().await?;
+        self.lock_project(&mut tx, project_id).await?;
+        sqlx::query("UPDATE nodes SET cluster_id = NULL WHERE cluster_id = $1")
+            .bind(cluster.id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM clusters WHERE id = $1")
+            .bind(cluster.id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "no cluster {name} in this project"
+            )));
+        }
+        tx.commit().await?;
+        Ok(nodes)
+    }
+
+    /// Grows or shrinks a cluster to `count` nodes. Returns the nodes taken
+    /// away (empty when growing).
+    pub async fn cluster_scale(
+        &self,
+        project_id: i64,
+        name: &Name,
+        count: i64,
+    ) -> Result<Vec<Node>> {
+        let mut tx = self.begin_write().await?;
+        self.lock_project(&mut tx, project_id).await?;
+        let found: Option<(i64, Option<String>)> =
+            sqlx::query_as("SELECT id, gpu_type FROM clusters WHERE project_id = $1 AND name = $2")
+                .bind(project_id)
+                .bind(name.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (cluster_id, gpu_type) = found
+            .ok_or_else(|| StoreError::NotFound(format!("no cluster {name} in this project")))?;
+        let (current,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM nodes WHERE cluster_id = $1")
+            .bind(cluster_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut removed: Vec<Node> = Vec::new();
+        if count > current {
+            self.allocate(&mut tx, cluster_id, count - current, gpu_type.as_deref())
+                .await?;
+        } else if count < current {
+            removed = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{NODE_SELECT} WHERE n.cluster_id = $1 ORDER BY n.name DESC LIMIT $2"
+            )))
+            .bind(cluster_id)
+            .bind(current - count)
+            .fetch_all(&mut *tx)
+            .await?;
+            for node in &removed {
+                sqlx::query("UPDATE nodes SET cluster_id = NULL WHERE id = $1")
+                    .bind(node.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        } else {
+            return Err(StoreError::Conflict(format!(
+                "cluster {name} already has {count} nodes"
+            )));
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    pub async fn cluster_configure(
+        &self,
+        cluster_id: i64,
+        changes: &[ClusterConfigChange],
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        for change in changes {
+            let q = match change {
+                ClusterConfigChange::Description(v) => {
+                    sqlx::query("UPDATE clusters SET description = $1 WHERE id = $2")
+                        .bind(v.clone())
+                }
+                ClusterConfigChange::KubeApi(v) => {
+                    sqlx::query("UPDATE clusters SET kube_api = $1 WHERE id = $2").bind(v.clone())
+                }
+                ClusterConfigChange::Dashboard(v) => {
+                    sqlx::query("UPDATE clusters SET dashboard = $1 WHERE id = $2").bind(v.clone())
+                }
+                ClusterConfigChange::NodeUser(v) => {
+                    sqlx::query("UPDATE clusters SET node_user = $1 WHERE id = $2").bind(v.clone())
+                }
+                ClusterConfigChange::KubeCa(v) => {
+                    sqlx::query("UPDATE clusters SET kube_ca = $1 WHERE id = $2").bind(v.clone())
+                }
+            };
+            q.bind(cluster_id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn volumes(&self, project_id: i64) -> Result<Vec<Volume>> {
+        Ok(
+            sqlx::query_as("SELECT id, name, size_gib, created_at FROM volumes WHERE project_id = $1 ORDER BY name")
+                .bind(project_id)
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+
+    pub async fn volume(&self, project_id: i64, name: &Name) -> Result<Volume> {
+        let found: Option<Volume> =
+            sqlx::query_as("SELECT id, name, size_gib, created_at FROM volumes WHERE project_id = $1 AND name = $2")
+                .bind(project_id)
+                .bind(name.as_str())
+                .fetch_optional(self.pool())
+                .await?;
+        found.ok_or_else(|| StoreError::NotFound(format!("no volume {name} in this project")))
+    }
+
+    pub async fn volume_create(&self, project_id: i64, name: &Name, size: Size) -> Result<Volume> {
+        Ok(sqlx::query_as(
+            "INSERT INTO volumes (project_id, name, size_gib, created_at) VALUES ($1, $2, $3, $4) \
+             RETURNING id, name, size_gib, created_at",
+        )
+        .bind(project_id)
+        .bind(name.as_str())
+        .bind(size.gib())
+        .bind(now_ms())
+        .fetch_one(self.pool())
+        .await
+        .map_err(|e| {
+            conflict_on_unique(e, || {
+                format!("volume {name} already exists in this project")
+            })
+        })?)
+    }
+
+    pub async fn volume_delete(&self, project_id: i64, name: &Name) -> Result<()> {
+        let done = sqlx::query("DELETE FROM volumes WHERE project_id = $1 AND name = $2")
+            .bind(project_id)
+            .bind(name.as_str())
+            .execute(self.pool())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "no volume {name} in this project"
+            )));
+        }
+        Ok(())
+    }
+}
