@@ -20,10 +20,13 @@
 //! command layer never touches russh. Each is tested without the other.
 
 pub mod audit;
+pub mod commands;
 pub mod config;
 pub mod gateway;
+pub mod metrics;
 pub mod model;
 pub mod operator;
 pub mod output;
 pub mod policy;
 pub mod store;
+pub mod target;

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{Result, Store, StoreError, conflict_on_unique, now_ms};
+use super::{Result, Revocation, Store, StoreError, conflict_on_unique, now_ms};
 use crate::model::{Email, Login, SshPublicKey};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -129,10 +129,16 @@ impl Store {
                 "account {email} is already disabled"
             )));
         }
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE accounts SET disabled = 1 WHERE id = $1")
             .bind(account.id)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
+        let r = Revocation::Account {
+            account_id: account.id,
+        };
+        super::revocations::append(&mut *tx, &r).await?;
+        tx.commit().await?;
         Ok(Account {
             disabled: 1,
             ..account
@@ -175,16 +181,23 @@ impl Store {
     }
 
     pub async fn key_remove(&self, account_id: i64, fingerprint: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query("DELETE FROM ssh_keys WHERE account_id = $1 AND fingerprint = $2")
             .bind(account_id)
             .bind(fingerprint)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!(
                 "no key {fingerprint} on this account"
             )));
         }
+        let r = Revocation::Key {
+            account_id,
+            fingerprint: fingerprint.to_string(),
+        };
+        super::revocations::append(&mut *tx, &r).await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{Result, Store, StoreError, conflict_on_unique, now_ms};
+use super::{Result, Revocation, Store, StoreError, conflict_on_unique, now_ms};
 use crate::model::{HostPort, Name, Size};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -288,6 +288,11 @@ impl Store {
                 "no cluster {name} in this project"
             )));
         }
+        let r = Revocation::Cluster {
+            project: cluster.project.clone(),
+            cluster: cluster.name.clone(),
+        };
+        super::revocations::append(&mut *tx, &r).await?;
         tx.commit().await?;
         Ok(nodes)
     }
@@ -331,6 +336,12 @@ impl Store {
                     .bind(node.id)
                     .execute(&mut *tx)
                     .await?;
+                let r = Revocation::Node {
+                    project: node.project.clone().unwrap_or_default(),
+                    cluster: name.to_string(),
+                    node: node.name.clone(),
+                };
+                super::revocations::append(&mut *tx, &r).await?;
             }
         } else {
             return Err(StoreError::Conflict(format!(

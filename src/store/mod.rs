@@ -6,6 +6,7 @@
 mod accounts;
 mod infra;
 mod projects;
+mod revocations;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +16,7 @@ use sqlx::{Any, AnyPool, Transaction};
 pub use accounts::{Account, KeyRecord};
 pub use infra::{Cluster, ClusterConfigChange, Node, Volume};
 pub use projects::{Member, Membership, ProjectSummary};
+pub use revocations::Revocation;
 
 /// Which database is behind the store; a few statements differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

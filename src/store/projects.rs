@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{Result, Store, StoreError, conflict_on_unique, now_ms};
+use super::{Result, Revocation, Store, StoreError, conflict_on_unique, now_ms};
 use crate::model::{Name, Role};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -180,7 +180,13 @@ impl Store {
     }
 
     /// Removes a member, refusing to remove the last admin.
-    pub async fn member_remove(&self, project_id: i64, account_id: i64, email: &str) -> Result<()> {
+    pub async fn member_remove(
+        &self,
+        project_id: i64,
+        project: &str,
+        account_id: i64,
+        email: &str,
+    ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         self.lock_project(&mut tx, project_id).await?;
         let role = self
@@ -195,6 +201,11 @@ impl Store {
             .bind(account_id)
             .execute(&mut *tx)
             .await?;
+        let r = Revocation::Membership {
+            account_id,
+            project: project.to_string(),
+        };
+        super::revocations::append(&mut *tx, &r).await?;
         tx.commit().await?;
         Ok(())
     }

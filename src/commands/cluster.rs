@@ -1,0 +1,448 @@
+//! `cluster …`, `node list` and `kubeconfig`.
+
+use base64::Engine;
+use serde::Serialize;
+
+use super::grammar::{ClusterCmd, KubeconfigArgs};
+use super::{Ctx, Outcome_, Scope, confirm_or_refuse, done, text};
+use crate::model::{HostPort, Login, Name, parse_count, parse_gpu_type, quoted};
+use crate::operator::render_nodes;
+use crate::output::{CmdError, Table, json, or_dash};
+use crate::policy::Action;
+use crate::store::{Cluster, ClusterConfigChange, Node, format_time};
+
+/// The keys `cluster config` knows, in the order they are shown.
+pub const CONFIG_KEYS: &[&str] = &[
+    "description",
+    "kube_api",
+    "dashboard",
+    "node_user",
+    "kube_ca",
+];
+
+/// A cluster's config with defaults applied, as shown and as used by forwarding.
+#[derive(Debug, Serialize)]
+pub struct EffectiveConfig {
+    pub description: String,
+    pub kube_api: Option<String>,
+    pub dashboard: Option<String>,
+    pub node_user: String,
+    pub kube_ca: Option<String>,
+}
+
+/// The Kubernetes API address: the configured one, else the first node's
+/// host on 6443.
+pub fn kube_api_of(cluster: &Cluster, nodes: &[Node]) -> Option<String> {
+    cluster.kube_api.clone().or_else(|| {
+        nodes.first().map(|n| {
+            HostPort {
+                host: n.host.clone(),
+                port: 6443,
+            }
+            .to_string()
+        })
+    })
+}
+
+fn effective(cluster: &Cluster, nodes: &[Node]) -> EffectiveConfig {
+    EffectiveConfig {
+        description: cluster.description.clone(),
+        kube_api: kube_api_of(cluster, nodes),
+        dashboard: cluster.dashboard.clone(),
+        node_user: cluster.node_user.clone(),
+        kube_ca: cluster.kube_ca.clone(),
+    }
+}
+
+/// Parses and validates one `KEY=VALUE`; an empty value clears an optional key.
+pub fn parse_setting(s: &str) -> Result<ClusterConfigChange, CmdError> {
+    let known = CONFIG_KEYS.join(", ");
+    let (key, value) = s.split_once('=').ok_or_else(|| {
+        CmdError::Usage(format!(
+            "expected KEY=VALUE, got {}; known keys: {known}",
+            quoted(s)
+        ))
+    })?;
+    let optional_addr = |v: &str| -> Result<Option<String>, CmdError> {
+        if v.is_empty() {
+            Ok(None)
+        } else {
+            Ok(Some(HostPort::parse(v)?.to_string()))
+        }
+    };
+    Ok(match key {
+        "description" => {
+            if value.chars().count() > 256 || value.chars().any(char::is_control) {
+                return Err(CmdError::Usage(
+                    "invalid description: at most 256 characters, no control characters".into(),
+                ));
+            }
+            ClusterConfigChange::Description(value.to_string())
+        }
+        "kube_api" => ClusterConfigChange::KubeApi(optional_addr(value)?),
+        "dashboard" => ClusterConfigChange::Dashboard(optional_addr(value)?),
+        "node_user" => ClusterConfigChange::NodeUser(Login::parse(value)?.to_string()),
+        "kube_ca" => {
+            if value.is_empty() {
+                ClusterConfigChange::KubeCa(None)
+            } else {
+                let pem = base64::engine::general_purpose::STANDARD
+                    .decode(value)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .filter(|p| p.contains("-----BEGIN CERTIFICATE-----") && p.len() <= 64 * 1024);
+                if pem.is_none() {
+                    return Err(CmdError::Usage(
+                        "invalid kube_ca: expected the base64 of a PEM CA certificate (base64 -w0 ca.crt)".into(),
+                    ));
+                }
+                ClusterConfigChange::KubeCa(Some(value.to_string()))
+            }
+        }
+        other => {
+            return Err(CmdError::Usage(format!(
+                "unknown config key {}: known keys are {known}",
+                quoted(other)
+            )));
+        }
+    })
+}
+
+#[derive(Serialize)]
+struct ClusterView<'a> {
+    name: &'a str,
+    project: &'a str,
+    gpu_type: Option<&'a str>,
+    node_count: usize,
+    created: String,
+    config: EffectiveConfig,
+    nodes: &'a [Node],
+}
+
+fn view<'a>(c: &'a Cluster, nodes: &'a [Node]) -> ClusterView<'a> {
+    ClusterView {
+        name: &c.name,
+        project: &c.project,
+        gpu_type: c.gpu_type.as_deref(),
+        node_count: nodes.len(),
+        created: format_time(c.created_at),
+        config: effective(c, nodes),
+        nodes,
+    }
+}
+
+fn render_config(cfg: &EffectiveConfig) -> String {
+    let kube_ca = cfg
+        .kube_ca
+        .as_ref()
+        .map(|c| format!("set ({} base64 characters)", c.len()));
+    let rows = [
+        ("description", or_dash(Some(&cfg.description))),
+        ("kube_api", or_dash(cfg.kube_api.as_deref())),
+        ("dashboard", or_dash(cfg.dashboard.as_deref())),
+        ("node_user", cfg.node_user.clone()),
+        ("kube_ca", or_dash(kube_ca.as_deref())),
+    ];
+    rows.iter().map(|(k, v)| format!("{k:<12} {v}\n")).collect()
+}
+
+pub(super) async fn run(
+    ctx: &Ctx<'_>,
+    scope: &Scope,
+    cmd: &ClusterCmd,
+    as_json: bool,
+    confirmed: bool,
+    what: &str,
+) -> Outcome_ {
+    let store = ctx.store;
+    match cmd {
+        ClusterCmd::List => {
+            let pid = ctx.authorize(scope, Action::ViewClusters, what)?;
+            let clusters = store.clusters(pid).await?;
+            let mut views = Vec::new();
+            for c in &clusters {
+                views.push((c, store.nodes_of_cluster(c.id).await?));
+            }
+            if as_json {
+                let list: Vec<ClusterView> = views.iter().map(|(c, n)| view(c, n)).collect();
+                return text(json(&list));
+            }
+            let mut t = Table::new(&["NAME", "NODES", "GPU-TYPE", "KUBE-API", "DESCRIPTION"]);
+            for (c, nodes) in &views {
+                t.row(vec![
+                    c.name.clone(),
+                    nodes.len().to_string(),
+                    or_dash(c.gpu_type.as_deref()),
+                    or_dash(kube_api_of(c, nodes).as_deref()),
+                    or_dash(Some(&c.description)),
+                ]);
+            }
+            text(t.render())
+        }
+        ClusterCmd::Show { cluster } => {
+            let pid = ctx.authorize(scope, Action::ViewClusters, what)?;
+            let c = store
+                .cluster(pid, &Name::parse("cluster", cluster)?)
+                .await?;
+            let nodes = store.nodes_of_cluster(c.id).await?;
+            if as_json {
+                return text(json(&view(&c, &nodes)));
+            }
+            let mut out = format!(
+                "cluster      {}.{}\ngpu_type     {}\ncreated      {}\n",
+                c.name,
+                c.project,
+                or_dash(c.gpu_type.as_deref()),
+                format_time(c.created_at)
+            );
+            out.push_str(&render_config(&effective(&c, &nodes)));
+            out.push_str(&format!("nodes        {}\n", nodes.len()));
+            for n in &nodes {
+                out.push_str(&format!(
+                    "  {}.{}.{}  {}\n",
+                    n.name,
+                    c.name,
+                    c.project,
+                    n.address()
+                ));
+            }
+            text(out)
+        }
+        ClusterCmd::Create {
+            cluster,
+            nodes,
+            gpu_type,
+        } => {
+            let pid = ctx.authorize(scope, Action::CreateCluster, what)?;
+            let name = Name::parse("cluster", cluster)?;
+            let count = parse_count(nodes, 1)?;
+            let gpu_type = gpu_type.as_deref().map(parse_gpu_type).transpose()?;
+            let c = store
+                .cluster_create(pid, &name, count, gpu_type.as_deref())
+                .await?;
+            done(
+                format!(
+                    "created cluster {} with {count} node(s) in project {}",
+                    c.name, scope.name
+                ),
+                as_json,
+            )
+        }
+        ClusterCmd::Delete { cluster, yes } => {
+            let pid = ctx.authorize(scope, Action::DeleteCluster, what)?;
+            let name = Name::parse("cluster", cluster)?;
+            let c = store.cluster(pid, &name).await?;
+            let count = store.nodes_of_cluster(c.id).await?.len();
+            let question = format!(
+                "Delete cluster {} of project {}? Its {count} node(s) go back to the pool and open forwards end.",
+                c.name, scope.name
+            );
+            if let Some(stop) = confirm_or_refuse(ctx, *yes || confirmed, question, what) {
+                return stop;
+            }
+            let freed = store.cluster_delete(pid, &name).await?;
+            ctx.sessions.nudge();
+            done(
+                format!(
+                    "deleted cluster {name}; {} node(s) returned to the pool",
+                    freed.len()
+                ),
+                as_json,
+            )
+        }
+        ClusterCmd::Scale { cluster, nodes } => {
+            let pid = ctx.authorize(scope, Action::ScaleCluster, what)?;
+            let name = Name::parse("cluster", cluster)?;
+            let count = parse_count(nodes, 0)?;
+            let removed = store.cluster_scale(pid, &name, count).await?;
+            ctx.sessions.nudge();
+            let detail = if removed.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<&str> = removed.iter().map(|n| n.name.as_str()).collect();
+                format!(" (released {})", names.join(", "))
+            };
+            done(
+                format!("cluster {name} now has {count} node(s){detail}"),
+                as_json,
+            )
+        }
+        ClusterCmd::Config { cluster, settings } if settings.is_empty() => {
+            let pid = ctx.authorize(scope, Action::ViewClusterConfig, what)?;
+            let c = store
+                .cluster(pid, &Name::parse("cluster", cluster)?)
+                .await?;
+            let nodes = store.nodes_of_cluster(c.id).await?;
+            let cfg = effective(&c, &nodes);
+            if as_json {
+                return text(json(&cfg));
+            }
+            text(render_config(&cfg))
+        }
+        ClusterCmd::Config { cluster, settings } => {
+            let pid = ctx.authorize(scope, Action::ModifyClusterConfig, what)?;
+            let name = Name::parse("cluster", cluster)?;
+            // Validate every setting before changing anything.
+            let changes = settings
+                .iter()
+                .map(|s| parse_setting(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let c = store.cluster(pid, &name).await?;
+            store.cluster_configure(c.id, &changes).await?;
+            let keys: Vec<&str> = settings
+                .iter()
+                .filter_map(|s| s.split('=').next())
+                .collect();
+            done(
+                format!("updated {} of cluster {name}", keys.join(", ")),
+                as_json,
+            )
+        }
+    }
+}
+
+pub(super) async fn node_list(
+    ctx: &Ctx<'_>,
+    scope: &Scope,
+    cluster: Option<&str>,
+    as_json: bool,
+    what: &str,
+) -> Outcome_ {
+    let pid = ctx.authorize(scope, Action::ViewClusters, what)?;
+    let nodes = match cluster {
+        Some(c) => {
+            let c = ctx.store.cluster(pid, &Name::parse("cluster", c)?).await?;
+            ctx.store.nodes_of_cluster(c.id).await?
+        }
+        None => {
+            let mut all = Vec::new();
+            for c in ctx.store.clusters(pid).await? {
+                all.extend(ctx.store.nodes_of_cluster(c.id).await?);
+            }
+            all
+        }
+    };
+    text(render_nodes(&nodes, as_json))
+}
+
+pub(super) async fn kubeconfig(
+    ctx: &Ctx<'_>,
+    scope: &Scope,
+    args: &KubeconfigArgs,
+    as_json: bool,
+    what: &str,
+) -> Outcome_ {
+    let pid = ctx.authorize(scope, Action::UseKubernetes, what)?;
+    let name = Name::parse("cluster", &args.cluster)?;
+    let socks_port: u16 = match args.socks_port.parse() {
+        Ok(p) if p > 0 => p,
+        _ => {
+            return Err(CmdError::Usage(format!(
+                "invalid --socks-port {}: expected 1-65535",
+                quoted(&args.socks_port)
+            )));
+        }
+    };
+    let c = ctx.store.cluster(pid, &name).await?;
+    let nodes = ctx.store.nodes_of_cluster(c.id).await?;
+    let api = kube_api_of(&c, &nodes).ok_or_else(|| {
+        CmdError::Failed(format!(
+            "cluster {name} has no nodes and no kube_api: set it with `cluster config {name} kube_api=HOST:PORT`"
+        ))
+    })?;
+    let api = HostPort::parse(&api)?;
+    let doc = kubeconfig_doc(&c, &api, socks_port, &ctx.account.login);
+    if as_json {
+        return text(json(&doc));
+    }
+    text(to_yaml(&doc))
+}
+
+/// The kubeconfig as a JSON value; kubectl reads JSON and YAML alike.
+fn kubeconfig_doc(c: &Cluster, api: &HostPort, socks_port: u16, login: &str) -> serde_json::Value {
+    let ctx_name = format!("{}.{}", c.name, c.project);
+    let mut cluster = serde_json::json!({
+        "server": format!("https://kube.{}.{}:{}", c.name, c.project, api.port),
+        "proxy-url": format!("socks5://127.0.0.1:{socks_port}"),
+        "tls-server-name": api.host,
+    });
+    if let Some(ca) = &c.kube_ca {
+        cluster["certificate-authority-data"] = serde_json::Value::String(ca.clone());
+    }
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": ctx_name, "cluster": cluster}],
+        "users": [{"name": login, "user": {}}],
+        "contexts": [{"name": ctx_name, "context": {"cluster": ctx_name, "user": login}}],
+        "current-context": ctx_name,
+    })
+}
+
+/// Plain YAML for the small, fixed shape of a kubeconfig. Every scalar is
+/// written as a JSON string, which is valid YAML and needs no escaping rules
+/// of its own.
+fn to_yaml(v: &serde_json::Value) -> String {
+    fn scalar(v: &serde_json::Value) -> String {
+        match v {
+            serde_json::Value::String(s) => serde_json::to_string(s).unwrap_or_default(),
+            other => other.to_string(),
+        }
+    }
+    fn emit(v: &serde_json::Value, indent: usize, out: &mut String) {
+        let pad = " ".repeat(indent);
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, val) in map {
+                    match val {
+                        serde_json::Value::Object(m) if m.is_empty() => {
+                            out.push_str(&format!("{pad}{k}: {{}}\n"))
+                        }
+                        serde_json::Value::Object(_) => {
+                            out.push_str(&format!("{pad}{k}:\n"));
+                            emit(val, indent + 2, out);
+                        }
+                        serde_json::Value::Array(items) => {
+                            out.push_str(&format!("{pad}{k}:\n"));
+                            for item in items {
+                                let mut inner = String::new();
+                                emit(item, indent + 2, &mut inner);
+                                let trimmed = inner.trim_start_matches(' ');
+                                out.push_str(&format!("{pad}- {trimmed}"));
+                            }
+                        }
+                        _ => out.push_str(&format!("{pad}{k}: {}\n", scalar(val))),
+                    }
+                }
+            }
+            other => out.push_str(&format!("{pad}{}\n", scalar(other))),
+        }
+    }
+    let mut out = String::new();
+    emit(v, 0, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_validated() {
+        assert_eq!(
+            parse_setting("kube_api=10.0.0.1:6443").unwrap(),
+            ClusterConfigChange::KubeApi(Some("10.0.0.1:6443".into()))
+        );
+        assert_eq!(
+            parse_setting("dashboard=").unwrap(),
+            ClusterConfigChange::Dashboard(None)
+        );
+        assert!(parse_setting("node_user=Root").is_err());
+        assert!(parse_setting("kube_api=nope").is_err());
+        assert!(parse_setting("kube_ca=!!!").is_err());
+        let e = parse_setting("colour=blue").unwrap_err();
+        assert!(e.to_string().contains("known keys are description"), "{e}");
+        assert!(parse_setting("description").is_err());
+        assert!(parse_setting("description=a\u{1b}[31m").is_err());
+    }
+}

@@ -1,0 +1,498 @@
+//! The SSH command language (interface.md §4): parse a command line into an
+//! [`grammar::Invocation`], decide with [`crate::policy::authorize`], act on
+//! the store, and answer with text or JSON and an exit status. Every command
+//! is one audit event. Nothing here knows about SSH.
+
+mod cluster;
+pub use cluster::kube_api_of;
+pub mod grammar;
+mod info;
+mod member;
+mod session;
+mod volume;
+
+use serde::Serialize;
+
+use crate::audit::{Event, Outcome};
+use crate::model::{Name, Role};
+use crate::output::{CmdError, json};
+use crate::policy::{Action, Decision, authorize};
+use crate::store::{Account, Store};
+use grammar::{Cmd, Invocation};
+
+/// Longest command line accepted, in bytes, exec and shell alike.
+pub const MAX_LINE: usize = 4096;
+
+/// A live session as the command layer sees it; the gateway's registry
+/// provides these.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    pub id: String,
+    #[serde(skip)]
+    pub account_id: i64,
+    pub login: String,
+    pub source: String,
+    pub started: String,
+    pub channels: Vec<ChannelInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelInfo {
+    /// `shell`, `exec` or `forward`.
+    pub kind: String,
+    /// The project it acts in, when known.
+    pub project: Option<String>,
+    /// For forwards, the target as the client named it.
+    pub target: Option<String>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// What the command layer needs from the live-session registry.
+pub trait Sessions: Send + Sync {
+    fn list(&self) -> Vec<SessionInfo>;
+    /// A revocation was just written: apply it now rather than at the next poll.
+    fn nudge(&self);
+}
+
+/// Who is asking, from where, and how they can be answered.
+pub struct Ctx<'a> {
+    pub store: &'a Store,
+    pub account: &'a Account,
+    /// `IP:PORT` of the client.
+    pub source: &'a str,
+    /// The shell's current project (`use`), if any.
+    pub current_project: Option<&'a str>,
+    /// True when a person can be asked to confirm (a terminal).
+    pub interactive: bool,
+    /// The exec channel's standard input, for `key add`.
+    pub stdin: Option<&'a str>,
+    pub sessions: &'a dyn Sessions,
+}
+
+/// The result of one command line.
+#[derive(Debug, Default)]
+pub struct Response {
+    pub stdout: String,
+    /// One line, already prefixed `error: ` or `permission denied: `.
+    pub stderr: Option<String>,
+    pub code: u32,
+    /// Set when the command waits for a yes/no; re-run with `yes` to go on.
+    pub confirm: Option<String>,
+    /// `use PROJECT` succeeded.
+    pub switch_project: Option<String>,
+    pub exit: bool,
+}
+
+/// What a command produced when it succeeded.
+enum Reply {
+    Text(String),
+    /// Ask this question, then run again with confirmation.
+    Confirm(String),
+    Switch(String),
+    Exit,
+}
+
+type Outcome_ = Result<Reply, CmdError>;
+
+/// Splits an exec request the way a POSIX shell would (quotes, escapes).
+pub fn split_line(line: &str) -> Result<Vec<String>, CmdError> {
+    if line.len() > MAX_LINE {
+        return Err(CmdError::Usage(format!(
+            "command line too long ({} bytes, at most {MAX_LINE}); nothing was run",
+            line.len()
+        )));
+    }
+    if line.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(CmdError::Usage(
+            "command line contains control characters or NUL; nothing was run".into(),
+        ));
+    }
+    shell_words::split(line)
+        .map_err(|_| CmdError::Usage("unbalanced quotes in the command line".into()))
+}
+
+/// Turns raw exec bytes into a checked line.
+pub fn decode_line(bytes: &[u8]) -> Result<String, CmdError> {
+    if bytes.len() > MAX_LINE {
+        return Err(CmdError::Usage(format!(
+            "command line too long ({} bytes, at most {MAX_LINE}); nothing was run",
+            bytes.len()
+        )));
+    }
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| CmdError::Usage("command line is not valid UTF-8; nothing was run".into()))
+}
+
+/// Parses words with clap; help requests come back as text to print.
+fn parse(words: &[String]) -> Result<Result<Invocation, String>, CmdError> {
+    use clap::Parser;
+    use clap::error::ErrorKind;
+    match Invocation::try_parse_from(words) {
+        Ok(inv) => Ok(Ok(inv)),
+        Err(e) => match e.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Ok(Err(e.render().to_string())),
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+                let rendered = e.render().to_string();
+                if words.is_empty() {
+                    Ok(Err(rendered))
+                } else {
+                    Err(CmdError::Usage(format!(
+                        "`{}` needs a subcommand; run `help {}`",
+                        words.join(" "),
+                        words.join(" ")
+                    )))
+                }
+            }
+            _ => {
+                let rendered = e.render().to_string();
+                let first = rendered.lines().next().unwrap_or("invalid command");
+                let msg = first.strip_prefix("error: ").unwrap_or(first);
+                let topic = words
+                    .iter()
+                    .take_while(|w| !w.starts_with('-'))
+                    .take(2)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let hint = if topic.is_empty() || e.kind() == ErrorKind::InvalidSubcommand {
+                    "run `help` for the list of commands".to_string()
+                } else {
+                    format!("run `help {topic}`")
+                };
+                Err(CmdError::Usage(format!(
+                    "{}; {hint}",
+                    msg.trim_end_matches('.')
+                )))
+            }
+        },
+    }
+}
+
+/// The command's name for messages and audit: `cluster delete`.
+fn label(cmd: &Cmd) -> &'static str {
+    use grammar::*;
+    match cmd {
+        Cmd::Whoami => "whoami",
+        Cmd::Project(_) => "project list",
+        Cmd::Cluster(c) => match c {
+            ClusterCmd::List => "cluster list",
+            ClusterCmd::Show { .. } => "cluster show",
+            ClusterCmd::Create { .. } => "cluster create",
+            ClusterCmd::Delete { .. } => "cluster delete",
+            ClusterCmd::Scale { .. } => "cluster scale",
+            ClusterCmd::Config { settings, .. } if settings.is_empty() => "cluster config",
+            ClusterCmd::Config { .. } => "cluster config set",
+        },
+        Cmd::Node(_) => "node list",
+        Cmd::Volume(c) => match c {
+            VolumeCmd::List => "volume list",
+            VolumeCmd::Show { .. } => "volume show",
+            VolumeCmd::Create { .. } => "volume create",
+            VolumeCmd::Delete { .. } => "volume delete",
+        },
+        Cmd::Member(c) => match c {
+            MemberCmd::List => "member list",
+            MemberCmd::Add { .. } => "member add",
+            MemberCmd::Remove { .. } => "member remove",
+            MemberCmd::Role { .. } => "member role",
+        },
+        Cmd::Key(c) => match c {
+            KeyCmd::List => "key list",
+            KeyCmd::Add { .. } => "key add",
+            KeyCmd::Remove { .. } => "key remove",
+        },
+        Cmd::Kubeconfig(_) => "kubeconfig",
+        Cmd::Session(c) => match c {
+            SessionCmd::List => "session list",
+            SessionCmd::Kill { .. } => "session kill",
+        },
+        Cmd::Audit { .. } => "audit",
+        Cmd::Use { .. } => "use",
+        Cmd::Exit => "exit",
+    }
+}
+
+/// A project the caller asked to act in, and their role there (if any).
+pub(crate) struct Scope {
+    pub name: String,
+    pub id: i64,
+    pub role: Option<Role>,
+}
+
+impl Ctx<'_> {
+    /// Which project a command acts in: `--project`, else the shell's
+    /// current one, else the only one the caller belongs to.
+    async fn scope(&self, inv: &Invocation) -> Result<Scope, CmdError> {
+        let named = inv.project.as_deref().or(self.current_project);
+        let name = match named {
+            Some(n) => Name::parse("project", n)?.to_string(),
+            None => {
+                let mine = self.store.memberships_of(self.account.id).await?;
+                match mine.as_slice() {
+                    [one] => one.project.clone(),
+                    [] => {
+                        return Err(CmdError::Denied(
+                            "you are not a member of any project; ask a project admin to add you"
+                                .into(),
+                        ));
+                    }
+                    many => {
+                        let names: Vec<&str> = many.iter().map(|m| m.project.as_str()).collect();
+                        return Err(CmdError::Usage(format!(
+                            "you belong to several projects ({}): choose one with --project NAME",
+                            names.join(", ")
+                        )));
+                    }
+                }
+            }
+        };
+        let m = self.store.membership(self.account.id, &name).await?;
+        Ok(Scope {
+            name,
+            id: m.as_ref().map(|m| m.project_id).unwrap_or(0),
+            role: m.map(|m| m.role),
+        })
+    }
+
+    /// The one place commands ask the policy; returns the project id.
+    fn authorize(&self, scope: &Scope, action: Action, what: &str) -> Result<i64, CmdError> {
+        match authorize(scope.role, action) {
+            Decision::Allow => Ok(scope.id),
+            Decision::DenyNotMember => Err(no_access(&scope.name)),
+            Decision::DenyRole => Err(CmdError::Denied(format!(
+                "`{what}` needs the admin role in project {}; you are a member (ask a project admin)",
+                scope.name
+            ))),
+        }
+    }
+}
+
+/// The answer for a project that does not exist and for one the caller is
+/// not in: the same words, so project names do not leak.
+pub(crate) fn no_access(project: &str) -> CmdError {
+    CmdError::Denied(format!(
+        "no access to project {project} (it does not exist or you are not a member)"
+    ))
+}
+
+/// Confirmation gate of destructive commands.
+fn confirm_or_refuse(ctx: &Ctx<'_>, yes: bool, question: String, what: &str) -> Option<Outcome_> {
+    if yes {
+        None
+    } else if ctx.interactive {
+        Some(Ok(Reply::Confirm(question)))
+    } else {
+        Some(Err(CmdError::Usage(format!(
+            "`{what}` needs confirmation: add --yes to run it without a terminal; nothing was changed"
+        ))))
+    }
+}
+
+/// Runs one command line (already split into words) and audits it.
+/// `confirmed` is true on the second run after the user answered yes.
+pub async fn execute(ctx: &Ctx<'_>, words: &[String], confirmed: bool) -> Response {
+    let line = shell_words::join(words);
+    let json_wanted = words.iter().any(|w| w == "--json");
+    let parsed = match parse(words) {
+        Ok(Ok(inv)) => inv,
+        Ok(Err(help)) => {
+            return Response {
+                stdout: help,
+                ..Response::default()
+            };
+        }
+        Err(e) => {
+            audit(ctx, None, &line, "", Err(&e)).await;
+            return error_response(e, json_wanted);
+        }
+    };
+    let mut scope_name = None;
+    let result = dispatch(ctx, &parsed, confirmed, &mut scope_name).await;
+    if matches!(result, Ok(Reply::Confirm(_))) {
+        return Response {
+            confirm: match result {
+                Ok(Reply::Confirm(q)) => Some(q),
+                _ => None,
+            },
+            ..Response::default()
+        };
+    }
+    let target = target_of(&parsed.command);
+    match result {
+        Ok(reply) => {
+            if !matches!(parsed.command, Cmd::Use { .. } | Cmd::Exit) {
+                audit(
+                    ctx,
+                    scope_name.as_deref(),
+                    &line,
+                    &target,
+                    Ok(label(&parsed.command)),
+                )
+                .await;
+            }
+            match reply {
+                Reply::Text(stdout) => Response {
+                    stdout,
+                    ..Response::default()
+                },
+                Reply::Switch(p) => Response {
+                    switch_project: Some(p),
+                    ..Response::default()
+                },
+                Reply::Exit => Response {
+                    exit: true,
+                    ..Response::default()
+                },
+                Reply::Confirm(_) => Response::default(),
+            }
+        }
+        Err(e) => {
+            audit(ctx, scope_name.as_deref(), &line, &target, Err(&e)).await;
+            error_response(e, parsed.json)
+        }
+    }
+}
+
+fn error_response(e: CmdError, as_json: bool) -> Response {
+    #[derive(Serialize)]
+    struct JsonError<'a> {
+        error: &'a str,
+        exit: u32,
+    }
+    let line = e.line();
+    Response {
+        stdout: if as_json {
+            json(&JsonError {
+                error: &line,
+                exit: e.exit_code(),
+            })
+        } else {
+            String::new()
+        },
+        stderr: Some(line),
+        code: e.exit_code(),
+        ..Response::default()
+    }
+}
+
+/// The object a command acts on, for the audit log.
+fn target_of(cmd: &Cmd) -> String {
+    use grammar::*;
+    match cmd {
+        Cmd::Cluster(
+            ClusterCmd::Show { cluster }
+            | ClusterCmd::Create { cluster, .. }
+            | ClusterCmd::Delete { cluster, .. }
+            | ClusterCmd::Scale { cluster, .. }
+            | ClusterCmd::Config { cluster, .. },
+        ) => cluster.clone(),
+        Cmd::Kubeconfig(a) => a.cluster.clone(),
+        Cmd::Volume(
+            VolumeCmd::Show { volume }
+            | VolumeCmd::Create { volume, .. }
+            | VolumeCmd::Delete { volume, .. },
+        ) => volume.clone(),
+        Cmd::Member(
+            MemberCmd::Add { email, .. }
+            | MemberCmd::Remove { email, .. }
+            | MemberCmd::Role { email, .. },
+        ) => email.clone(),
+        Cmd::Key(KeyCmd::Remove { fingerprint }) => fingerprint.clone(),
+        Cmd::Session(SessionCmd::Kill { id }) => id.clone(),
+        _ => String::new(),
+    }
+}
+
+async fn audit(
+    ctx: &Ctx<'_>,
+    project: Option<&str>,
+    line: &str,
+    target: &str,
+    result: Result<&str, &CmdError>,
+) {
+    let (outcome, detail) = match result {
+        Ok(_) => (Outcome::Ok, String::new()),
+        Err(e @ CmdError::Denied(_)) => (Outcome::Denied, e.line()),
+        Err(e) => (Outcome::Failed, e.line()),
+    };
+    let event = Event {
+        actor: ctx.account.login.clone(),
+        source: ctx.source.to_string(),
+        project: project.map(str::to_string),
+        action: line.to_string(),
+        target: target.to_string(),
+        outcome,
+        detail,
+    };
+    tracing::info!(
+        account = %ctx.account.login,
+        source = %ctx.source,
+        project = project.unwrap_or("-"),
+        command = %line,
+        outcome = outcome.as_str(),
+        "command"
+    );
+    if let Err(e) = ctx.store.audit(&event).await {
+        tracing::error!(error = %e, "cannot write audit event");
+    }
+}
+
+async fn dispatch(
+    ctx: &Ctx<'_>,
+    inv: &Invocation,
+    confirmed: bool,
+    scope_name: &mut Option<String>,
+) -> Outcome_ {
+    let as_json = inv.json;
+    // Commands about the caller themself need no project.
+    match &inv.command {
+        Cmd::Whoami => return info::whoami(ctx, as_json).await,
+        Cmd::Project(_) => return info::project_list(ctx, as_json).await,
+        Cmd::Key(k) => return info::key(ctx, k, as_json).await,
+        Cmd::Exit => return Ok(Reply::Exit),
+        Cmd::Use { project } => {
+            let name = Name::parse("project", project)?;
+            *scope_name = Some(name.to_string());
+            return match ctx.store.membership(ctx.account.id, name.as_str()).await? {
+                Some(_) => Ok(Reply::Switch(name.to_string())),
+                None => Err(no_access(name.as_str())),
+            };
+        }
+        _ => {}
+    }
+    let scope = ctx.scope(inv).await?;
+    *scope_name = Some(scope.name.clone());
+    let what = label(&inv.command);
+    match &inv.command {
+        Cmd::Cluster(c) => cluster::run(ctx, &scope, c, as_json, confirmed, what).await,
+        Cmd::Node(grammar::NodeCmd::List { cluster }) => {
+            cluster::node_list(ctx, &scope, cluster.as_deref(), as_json, what).await
+        }
+        Cmd::Kubeconfig(a) => cluster::kubeconfig(ctx, &scope, a, as_json, what).await,
+        Cmd::Volume(c) => volume::run(ctx, &scope, c, as_json, confirmed, what).await,
+        Cmd::Member(c) => member::run(ctx, &scope, c, as_json, confirmed, what).await,
+        Cmd::Session(c) => session::run(ctx, &scope, c, as_json, what).await,
+        Cmd::Audit { limit } => session::audit(ctx, &scope, limit, as_json, what).await,
+        Cmd::Whoami | Cmd::Project(_) | Cmd::Key(_) | Cmd::Exit | Cmd::Use { .. } => {
+            unreachable!("handled above")
+        }
+    }
+}
+
+/// `{"result": "..."}` for changes under `--json`, the text otherwise.
+fn done(message: String, as_json: bool) -> Outcome_ {
+    #[derive(Serialize)]
+    struct Done {
+        result: String,
+    }
+    Ok(Reply::Text(if as_json {
+        json(&Done { result: message })
+    } else {
+        format!("{message}\n")
+    }))
+}
+
+fn text(s: String) -> Outcome_ {
+    Ok(Reply::Text(s))
+}

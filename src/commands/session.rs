@@ -1,0 +1,89 @@
+//! `session list|kill` and `audit`.
+
+use super::grammar::SessionCmd;
+use super::{Ctx, Outcome_, Scope, done, text};
+use crate::operator::{parse_limit, render_audit};
+use crate::output::{CmdError, Table, json};
+use crate::policy::{Action, authorize};
+use crate::store::Revocation;
+
+pub(super) async fn run(
+    ctx: &Ctx<'_>,
+    scope: &Scope,
+    cmd: &SessionCmd,
+    as_json: bool,
+    what: &str,
+) -> Outcome_ {
+    match cmd {
+        SessionCmd::List => {
+            ctx.authorize(scope, Action::ListOwnSessions, what)?;
+            let all = authorize(scope.role, Action::ListAllSessions).allowed();
+            let visible = visible_sessions(ctx, scope, all).await?;
+            if as_json {
+                return text(json(&visible));
+            }
+            let mut t = Table::new(&["ID", "LOGIN", "SOURCE", "STARTED", "CHANNELS"]);
+            for s in visible {
+                let chans: Vec<String> = s
+                    .channels
+                    .iter()
+                    .map(|c| match &c.target {
+                        Some(t) => format!("{} {t}", c.kind),
+                        None => c.kind.clone(),
+                    })
+                    .collect();
+                t.row(vec![s.id, s.login, s.source, s.started, chans.join(", ")]);
+            }
+            text(t.render())
+        }
+        SessionCmd::Kill { id } => {
+            ctx.authorize(scope, Action::KillSession, what)?;
+            let visible = visible_sessions(ctx, scope, true).await?;
+            if !visible.iter().any(|s| &s.id == id) {
+                return Err(CmdError::Failed(format!(
+                    "no session {} of project {} on this gateway; see `session list`",
+                    crate::model::quoted(id),
+                    scope.name
+                )));
+            }
+            ctx.store
+                .revoke(&Revocation::Session { id: id.clone() })
+                .await?;
+            ctx.sessions.nudge();
+            done(format!("ended session {id}"), as_json)
+        }
+    }
+}
+
+/// Admins see the sessions of the project's members; members their own.
+async fn visible_sessions(
+    ctx: &Ctx<'_>,
+    scope: &Scope,
+    all: bool,
+) -> Result<Vec<super::SessionInfo>, CmdError> {
+    let sessions = ctx.sessions.list();
+    if !all {
+        return Ok(sessions
+            .into_iter()
+            .filter(|s| s.account_id == ctx.account.id)
+            .collect());
+    }
+    let members = ctx.store.members(scope.id).await?;
+    Ok(sessions
+        .into_iter()
+        .filter(|s| members.iter().any(|m| m.account_id == s.account_id))
+        .collect())
+}
+
+pub(super) async fn audit(
+    ctx: &Ctx<'_>,
+    scope: &Scope,
+    limit: &str,
+    as_json: bool,
+    what: &str,
+) -> Outcome_ {
+    ctx.authorize(scope, Action::ViewAudit, what)?;
+    let limit = parse_limit(limit)?;
+    let records = ctx.store.audit_events(Some(&scope.name), limit).await?;
+    text(render_audit(&records, as_json))
+}

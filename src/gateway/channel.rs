@@ -1,0 +1,438 @@
+//! Session channels: one command (`ssh gw CMD`) or the interactive shell.
+//! The protocol work is here; the commands themselves are in
+//! [`crate::commands`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::server::Msg;
+use russh::{Channel, ChannelMsg};
+
+use super::ConnCtx;
+use super::line_editor::{Event, LineEditor};
+use super::sessions::ChannelKind;
+use crate::commands::grammar::completions;
+use crate::commands::{Ctx, MAX_LINE, Response, decode_line, execute, split_line};
+use crate::output::CmdError;
+
+/// Public keys arrive on stdin for `key add`; nothing legitimate is larger.
+const MAX_STDIN: usize = 64 * 1024;
+const STDIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves one session channel until it closes.
+pub async fn run(conn: Arc<ConnCtx>, mut channel: Channel<Msg>) {
+    let mut width: Option<u32> = None;
+    loop {
+        match channel.wait().await {
+            Some(ChannelMsg::RequestPty { col_width, .. }) => width = Some(col_width),
+            Some(ChannelMsg::WindowChange { col_width, .. }) => width = Some(col_width),
+            Some(ChannelMsg::Exec { command, .. }) => {
+                conn.set_channel(channel.id(), ChannelKind::Exec, None);
+                let code = exec(&conn, &mut channel, &command, width).await;
+                finish(&channel, code).await;
+                return;
+            }
+            Some(ChannelMsg::RequestShell { .. }) => {
+                conn.set_channel(channel.id(), ChannelKind::Shell, None);
+                let code = match width {
+                    Some(w) => Shell::new(&conn, w).run(&mut channel).await,
+                    None => batch(&conn, &mut channel).await,
+                };
+                finish(&channel, code).await;
+                return;
+            }
+            Some(ChannelMsg::Close) | None => return,
+            Some(_) => {}
+        }
+    }
+}
+
+async fn finish(channel: &Channel<Msg>, code: u32) {
+    let _ = channel.exit_status(code).await;
+    let _ = channel.eof().await;
+    let _ = channel.close().await;
+}
+
+fn ctx<'a>(
+    conn: &'a ConnCtx,
+    current: Option<&'a str>,
+    interactive: bool,
+    stdin: Option<&'a str>,
+) -> Ctx<'a> {
+    Ctx {
+        store: &conn.shared.store,
+        account: &conn.account,
+        source: &conn.source,
+        current_project: current,
+        interactive,
+        stdin,
+        sessions: conn.shared.registry.as_ref(),
+    }
+}
+
+/// Writes a response; with a terminal, newlines become CR LF.
+async fn write(channel: &Channel<Msg>, r: &Response, tty: bool) {
+    let fix = |s: &str| {
+        if tty {
+            s.replace('\n', "\r\n")
+        } else {
+            s.to_string()
+        }
+    };
+    if !r.stdout.is_empty() {
+        let _ = channel.data(fix(&r.stdout).as_bytes()).await;
+    }
+    if let Some(e) = &r.stderr {
+        let _ = channel
+            .extended_data(1, fix(&format!("{e}\n")).as_bytes())
+            .await;
+    }
+}
+
+async fn write_error(channel: &Channel<Msg>, e: &CmdError, tty: bool) -> u32 {
+    let r = Response {
+        stderr: Some(e.line()),
+        code: e.exit_code(),
+        ..Response::default()
+    };
+    write(channel, &r, tty).await;
+    r.code
+}
+
+/// `ssh gw CMD`: one command, its exit status back through ssh.
+async fn exec(
+    conn: &ConnCtx,
+    channel: &mut Channel<Msg>,
+    command: &[u8],
+    width: Option<u32>,
+) -> u32 {
+    let tty = width.is_some();
+    let words = match decode_line(command).and_then(|l| split_line(&l)) {
+        Ok(w) => w,
+        Err(e) => {
+            conn.shared.metrics.command("invalid", e.exit_code());
+            return write_error(channel, &e, tty).await;
+        }
+    };
+    let stdin = if reads_key_from_stdin(&words) {
+        match read_stdin(channel).await {
+            Ok(s) => Some(s),
+            Err(e) => return write_error(channel, &e, tty).await,
+        }
+    } else {
+        None
+    };
+    let c = ctx(conn, None, tty, stdin.as_deref());
+    let mut r = execute(&c, &words, false).await;
+    if let Some(question) = r.confirm.take() {
+        let mut editor = LineEditor::new(MAX_LINE, width.unwrap_or(80) as usize, |_| Vec::new());
+        editor.start(&format!("{question} [y/N] "));
+        let answer = read_answer(channel, &mut editor).await;
+        r = if answer {
+            execute(&c, &words, true).await
+        } else {
+            cancelled()
+        };
+    }
+    conn.shared
+        .metrics
+        .command(words.first().map(String::as_str).unwrap_or(""), r.code);
+    write(channel, &r, tty).await;
+    r.code
+}
+
+/// `key add` with no key in its arguments takes the key from stdin.
+fn reads_key_from_stdin(words: &[String]) -> bool {
+    let mut rest = Vec::new();
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        match w.as_str() {
+            "-p" | "--project" => {
+                it.next();
+            }
+            "--json" => {}
+            w if w.starts_with("--project=") => {}
+            w => rest.push(w),
+        }
+    }
+    rest == ["key", "add"]
+}
+
+fn cancelled() -> Response {
+    Response {
+        stdout: "cancelled; nothing was changed\n".into(),
+        code: 1,
+        ..Response::default()
+    }
+}
+
+/// Reads a yes/no answer through the line editor; anything but y/yes is no.
+async fn read_answer(channel: &mut Channel<Msg>, editor: &mut LineEditor) -> bool {
+    let _ = channel.data(&editor.take_output()[..]).await;
+    loop {
+        match channel.wait().await {
+            Some(ChannelMsg::Data { data }) => {
+                let events = editor.feed(&data);
+                let _ = channel.data(&editor.take_output()[..]).await;
+                for ev in events {
+                    return matches!(ev, Event::Line(l) if matches!(l.trim().to_ascii_lowercase().as_str(), "y" | "yes"));
+                }
+            }
+            Some(ChannelMsg::WindowChange { col_width, .. }) => {
+                editor.set_width(col_width as usize)
+            }
+            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return false,
+            Some(_) => {}
+        }
+    }
+}
+
+/// Collects stdin up to EOF, bounded in size and time.
+async fn read_stdin(channel: &mut Channel<Msg>) -> Result<String, CmdError> {
+    let mut buf = Vec::new();
+    let read = async {
+        loop {
+            match channel.wait().await {
+                Some(ChannelMsg::Data { data }) => {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > MAX_STDIN {
+                        return Err(CmdError::Usage("input too large to be a public key".into()));
+                    }
+                }
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return Ok(()),
+                Some(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(STDIN_TIMEOUT, read).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Err(CmdError::Usage(
+                "no public key on stdin: pipe it, e.g. `ssh GW key add < id_ed25519.pub`".into(),
+            ));
+        }
+    }
+    String::from_utf8(buf).map_err(|_| CmdError::Usage("the key on stdin is not text".into()))
+}
+
+/// A shell without a terminal (`ssh gw < script`): each line is a command;
+/// the exit status is the last command's.
+async fn batch(conn: &ConnCtx, channel: &mut Channel<Msg>) -> u32 {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut code = 0;
+    let mut current: Option<String> = None;
+    loop {
+        let (data, eof) = match channel.wait().await {
+            Some(ChannelMsg::Data { data }) => (data.to_vec(), false),
+            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => (Vec::new(), true),
+            Some(_) => continue,
+        };
+        buf.extend_from_slice(&data);
+        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            code = batch_line(conn, channel, &line[..line.len() - 1], &mut current).await;
+        }
+        if buf.len() > MAX_LINE {
+            buf.clear();
+            code = write_error(
+                channel,
+                &CmdError::Usage(format!(
+                    "line too long (at most {MAX_LINE} bytes); nothing was run"
+                )),
+                false,
+            )
+            .await;
+        }
+        if eof {
+            if !buf.is_empty() {
+                let line = std::mem::take(&mut buf);
+                code = batch_line(conn, channel, &line, &mut current).await;
+            }
+            return code;
+        }
+    }
+}
+
+async fn batch_line(
+    conn: &ConnCtx,
+    channel: &Channel<Msg>,
+    line: &[u8],
+    current: &mut Option<String>,
+) -> u32 {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let words = match decode_line(line).and_then(|l| split_line(&l)) {
+        Ok(w) if w.is_empty() => return 0,
+        Ok(w) => w,
+        Err(e) => return write_error(channel, &e, false).await,
+    };
+    let c = ctx(conn, current.as_deref(), false, None);
+    let r = execute(&c, &words, false).await;
+    conn.shared.metrics.command(&words[0], r.code);
+    if let Some(p) = &r.switch_project {
+        *current = Some(p.clone());
+        conn.set_channel(channel.id(), ChannelKind::Shell, current.clone());
+    }
+    write(channel, &r, false).await;
+    r.code
+}
+
+/// The interactive shell: banner, prompt, line editing, history.
+struct Shell<'a> {
+    conn: &'a ConnCtx,
+    editor: LineEditor,
+    project: Option<String>,
+    /// A destructive command waiting for its yes/no, and the question.
+    pending: Option<(Vec<String>, String)>,
+    last_code: u32,
+}
+
+impl<'a> Shell<'a> {
+    fn new(conn: &'a ConnCtx, width: u32) -> Self {
+        Shell {
+            conn,
+            editor: LineEditor::new(MAX_LINE, width as usize, completions),
+            project: None,
+            pending: None,
+            last_code: 0,
+        }
+    }
+
+    fn prompt(&self) -> String {
+        match &self.project {
+            Some(p) => format!("{}@{p}> ", self.conn.account.login),
+            None => format!("{}> ", self.conn.account.login),
+        }
+    }
+
+    async fn banner(&mut self, channel: &Channel<Msg>) {
+        let a = &self.conn.account;
+        let mut text = format!("gatehouse: logged in as {} ({})\r\n", a.login, a.email);
+        match self.conn.shared.store.memberships_of(a.id).await {
+            Ok(ms) if ms.is_empty() => {
+                text.push_str("projects: none yet (ask a project admin to add you)\r\n")
+            }
+            Ok(ms) => {
+                let list: Vec<String> = ms
+                    .iter()
+                    .map(|m| format!("{} ({})", m.project, m.role))
+                    .collect();
+                text.push_str(&format!("projects: {}\r\n", list.join(", ")));
+                if let [one] = ms.as_slice() {
+                    self.project = Some(one.project.clone());
+                }
+            }
+            Err(e) => text.push_str(&format!("{}\r\n", CmdError::from(e).line())),
+        }
+        text.push_str("Type `help` for commands, `use PROJECT` to switch project, `exit` or Ctrl-D to leave.\r\n");
+        let _ = channel.data(text.as_bytes()).await;
+        self.conn
+            .set_channel(channel.id(), ChannelKind::Shell, self.project.clone());
+    }
+
+    async fn run(mut self, channel: &mut Channel<Msg>) -> u32 {
+        self.banner(channel).await;
+        self.editor.start(&self.prompt());
+        self.flush(channel).await;
+        loop {
+            match channel.wait().await {
+                Some(ChannelMsg::Data { data }) => {
+                    let events = self.editor.feed(&data);
+                    self.flush(channel).await;
+                    for ev in events {
+                        if self.event(channel, ev).await {
+                            return self.last_code;
+                        }
+                    }
+                }
+                Some(ChannelMsg::WindowChange { col_width, .. }) => {
+                    self.editor.set_width(col_width as usize)
+                }
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return self.last_code,
+                Some(_) => {}
+            }
+        }
+    }
+
+    async fn flush(&mut self, channel: &Channel<Msg>) {
+        let out = self.editor.take_output();
+        if !out.is_empty() {
+            let _ = channel.data(&out[..]).await;
+        }
+    }
+
+    /// Handles one editor event; true when the shell should end.
+    async fn event(&mut self, channel: &Channel<Msg>, ev: Event) -> bool {
+        match ev {
+            Event::Eof => {
+                let _ = channel.data(&b"\r\n"[..]).await;
+                return true;
+            }
+            Event::Cancel => {
+                self.pending = None;
+            }
+            Event::Rejected(msg) => {
+                self.pending = None;
+                self.last_code = write_error(channel, &CmdError::Usage(msg), true).await;
+            }
+            Event::Line(line) => {
+                if let Some((words, _)) = self.pending.take() {
+                    let yes = matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes");
+                    let r = if yes {
+                        self.execute(&words, true).await
+                    } else {
+                        cancelled()
+                    };
+                    self.last_code = r.code;
+                    write(channel, &r, true).await;
+                } else if self.line(channel, &line).await {
+                    return true;
+                }
+            }
+        }
+        let prompt = match &self.pending {
+            Some((_, question)) => format!("{question} [y/N] "),
+            None => self.prompt(),
+        };
+        self.editor.start(&prompt);
+        self.flush(channel).await;
+        false
+    }
+
+    async fn execute(&self, words: &[String], confirmed: bool) -> Response {
+        let c = ctx(self.conn, self.project.as_deref(), true, None);
+        let r = execute(&c, words, confirmed).await;
+        self.conn.shared.metrics.command(&words[0], r.code);
+        r
+    }
+
+    /// Runs a typed line; true when it was `exit`.
+    async fn line(&mut self, channel: &Channel<Msg>, line: &str) -> bool {
+        self.editor.add_history(line);
+        let words = match split_line(line) {
+            Ok(w) if w.is_empty() => return false,
+            Ok(w) => w,
+            Err(e) => {
+                self.last_code = write_error(channel, &e, true).await;
+                return false;
+            }
+        };
+        let mut r = self.execute(&words, false).await;
+        if r.exit {
+            return true;
+        }
+        if let Some(q) = r.confirm.take() {
+            // The next line answers it; see `event`.
+            self.pending = Some((words, q));
+            return false;
+        }
+        if let Some(p) = r.switch_project.take() {
+            self.project = Some(p);
+            self.conn
+                .set_channel(channel.id(), ChannelKind::Shell, self.project.clone());
+        }
+        self.last_code = r.code;
+        write(channel, &r, true).await;
+        false
+    }
+}

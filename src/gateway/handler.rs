@@ -1,0 +1,403 @@
+//! The russh handler of one connection: authentication and channel
+//! dispatch, nothing else. Decisions are made by the store, the policy and
+//! the command layer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use russh::keys::PublicKey;
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, MethodKind, MethodSet};
+
+use super::sessions::{ChannelKind, Counters, LiveChannel};
+use super::{ConnCtx, Shared, channel, forward};
+use crate::audit::{Event, Outcome};
+use crate::model::fingerprint_of;
+use crate::store::Account;
+
+pub struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    source: String,
+    /// Account and key fingerprint accepted by `auth_publickey`.
+    accepted: Option<(Account, String)>,
+    ctx: Option<Arc<ConnCtx>>,
+    /// Set once authenticated, read by the login-grace timer.
+    pub authenticated: Arc<AtomicBool>,
+    failures: u32,
+    last_user: String,
+}
+
+fn publickey_only() -> Auth {
+    Auth::Reject {
+        proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+        partial_success: false,
+    }
+}
+
+impl Conn {
+    pub fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
+        Conn {
+            shared,
+            peer,
+            source: peer.to_string(),
+            accepted: None,
+            ctx: None,
+            authenticated: Arc::new(AtomicBool::new(false)),
+            failures: 0,
+            last_user: String::new(),
+        }
+    }
+
+    /// The account allowed to log in as `user` with `key`, or why not.
+    async fn lookup(&self, user: &str, key: &PublicKey) -> Result<Account, &'static str> {
+        let fp = fingerprint_of(key);
+        let started = Instant::now();
+        let found = self.shared.store.account_for_login_key(user, &fp).await;
+        self.shared
+            .metrics
+            .db_latency(started.elapsed().as_secs_f64());
+        match found {
+            Ok(Some(a)) if !a.is_disabled() => Ok(a),
+            Ok(Some(_)) => Err("account disabled"),
+            Ok(None) => Err("unknown login or key"),
+            Err(e) => {
+                // Fail closed: nobody gets in on stale or missing data.
+                tracing::error!(error = %e, source = %self.source, "authentication refused: database unavailable");
+                Err("database unavailable")
+            }
+        }
+    }
+
+    fn refuse(&mut self, user: &str, why: &str) -> Auth {
+        self.failures += 1;
+        self.last_user = user.to_string();
+        self.shared.metrics.auth("failure");
+        tracing::info!(source = %self.source, user = %crate::model::quoted(user), reason = why, "authentication refused");
+        publickey_only()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.ctx.is_none() && self.failures > 0 {
+            self.shared.penalties.failure(self.peer.ip(), &self.shared);
+            let store = self.shared.store.clone();
+            let event = Event {
+                actor: self.last_user.chars().take(64).collect(),
+                source: self.source.clone(),
+                project: None,
+                action: "auth".into(),
+                target: String::new(),
+                outcome: Outcome::Denied,
+                detail: format!(
+                    "Permission denied (publickey): {} refused attempt(s)",
+                    self.failures
+                ),
+            };
+            tokio::spawn(async move {
+                let _ = store.audit(&event).await;
+            });
+        }
+        if let Some(ctx) = self.ctx.take() {
+            self.shared.registry.remove(&ctx.session_id);
+            self.shared.metrics.connection_closed();
+            tracing::info!(session = %ctx.session_id, account = %ctx.account.login, source = %self.source, "session closed");
+        }
+    }
+}
+
+impl russh::server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(publickey_only())
+    }
+
+    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        Ok(self.refuse(user, "password authentication is not accepted"))
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        _response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.refuse(user, "keyboard-interactive authentication is not accepted"))
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match self.lookup(user, offer.public_key).await {
+            Ok(_) => Ok(Auth::Accept),
+            Err(why) => Ok(self.refuse(user, why)),
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // Looked up again: the signature is now proven, and the account may
+        // have changed since the offer.
+        let account = match self.lookup(user, key.public_key).await {
+            Ok(a) => a,
+            Err(why) => return Ok(self.refuse(user, why)),
+        };
+        let max = self.shared.config.limits.max_sessions_per_account;
+        if self.shared.registry.count_for(account.id) >= max {
+            return Ok(self.refuse(user, "too many sessions for this account"));
+        }
+        self.accepted = Some((account, fingerprint_of(key.public_key)));
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        _c: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.refuse(user, "certificates are not accepted"))
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        let Some((account, fingerprint)) = self.accepted.take() else {
+            return Err(russh::Error::NotAuthenticated);
+        };
+        self.authenticated.store(true, Ordering::Relaxed);
+        self.shared.penalties.success(self.peer.ip());
+        self.shared.metrics.auth("success");
+        self.shared.metrics.connection_opened();
+        let session_id = self.shared.registry.add(
+            account.id,
+            &account.login,
+            &fingerprint,
+            &self.source,
+            session.handle(),
+        );
+        tracing::info!(session = %session_id, account = %account.login, source = %self.source, key = %fingerprint, "authenticated");
+        let store = self.shared.store.clone();
+        let event = Event {
+            actor: account.login.clone(),
+            source: self.source.clone(),
+            project: None,
+            action: "auth".into(),
+            target: String::new(),
+            outcome: Outcome::Ok,
+            detail: format!("session {session_id} with key {fingerprint}"),
+        };
+        tokio::spawn(async move {
+            let _ = store.audit(&event).await;
+        });
+        self.ctx = Some(Arc::new(ConnCtx {
+            shared: self.shared.clone(),
+            account,
+            fingerprint,
+            source: self.source.clone(),
+            session_id,
+        }));
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(ctx) = self.ctx.clone() else {
+            return Ok(());
+        };
+        let id = channel.id();
+        reply.accept().await;
+        ctx.shared.registry.add_channel(
+            &ctx.session_id,
+            id,
+            LiveChannel {
+                kind: ChannelKind::Exec,
+                project: None,
+                cluster: None,
+                node: None,
+                target: None,
+                counters: Arc::new(Counters::default()),
+                task: None,
+            },
+        );
+        let task_ctx = ctx.clone();
+        let task = tokio::spawn(async move {
+            task_ctx.shared.metrics.channel_opened("session");
+            channel::run(task_ctx.clone(), channel).await;
+            task_ctx.shared.metrics.channel_closed("session");
+            task_ctx
+                .shared
+                .registry
+                .remove_channel(&task_ctx.session_id, id);
+        });
+        ctx.shared
+            .registry
+            .set_channel_task(&ctx.session_id, id, task.abort_handle());
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(ctx) = self.ctx.clone() else {
+            return Ok(());
+        };
+        tokio::spawn(forward::run(
+            ctx,
+            channel,
+            host_to_connect.to_string(),
+            port_to_connect,
+            reply,
+        ));
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::info!(source = %self.source, subsystem = %crate::model::quoted(name), "subsystem refused");
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.shared.metrics.denial("x11");
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.shared.metrics.denial("agent");
+        self.audit_refusal("agent forwarding", "agent forwarding is not allowed")
+            .await;
+        Ok(false)
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.shared.metrics.denial("remote_forward");
+        let target = format!("{}:{port}", crate::model::quoted(address));
+        self.audit_refusal(
+            &format!("remote forward {target}"),
+            "remote forwarding (-R) is not allowed",
+        )
+        .await;
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.shared.metrics.denial("streamlocal");
+        let what = format!("streamlocal forward {}", crate::model::quoted(socket_path));
+        self.audit_refusal(&what, "unix socket forwarding is not allowed")
+            .await;
+        Ok(false)
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.shared.metrics.denial("streamlocal");
+        let what = format!("streamlocal {}", crate::model::quoted(socket_path));
+        self.audit_refusal(&what, "unix socket forwarding is not allowed")
+            .await;
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+}
+
+impl Conn {
+    async fn audit_refusal(&self, what: &str, why: &str) {
+        let Some(ctx) = &self.ctx else { return };
+        tracing::warn!(account = %ctx.account.login, source = %self.source, request = %what, "refused: {why}");
+        let event = Event {
+            actor: ctx.account.login.clone(),
+            source: self.source.clone(),
+            project: None,
+            action: what.to_string(),
+            target: String::new(),
+            outcome: Outcome::Denied,
+            detail: why.to_string(),
+        };
+        let _ = self.shared.store.audit(&event).await;
+    }
+}

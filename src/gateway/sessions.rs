@@ -1,0 +1,350 @@
+//! The live-session registry of this gateway: every authenticated
+//! connection, its channels and what they reach, and the one place that ends
+//! them when access is revoked (by following the store's revocation feed).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use russh::ChannelId;
+use russh::server::Handle;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
+use crate::commands::{ChannelInfo, SessionInfo, Sessions};
+use crate::store::{Revocation, Store, format_time, now_ms};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind {
+    Shell,
+    Exec,
+    Forward,
+}
+
+impl ChannelKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Shell => "shell",
+            ChannelKind::Exec => "exec",
+            ChannelKind::Forward => "forward",
+        }
+    }
+}
+
+/// Bytes moved by one forward, updated as they flow.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub to_target: AtomicU64,
+    pub from_target: AtomicU64,
+}
+
+pub struct LiveChannel {
+    pub kind: ChannelKind,
+    pub project: Option<String>,
+    pub cluster: Option<String>,
+    pub node: Option<String>,
+    pub target: Option<String>,
+    pub counters: Arc<Counters>,
+    pub task: Option<AbortHandle>,
+}
+
+struct LiveSession {
+    account_id: i64,
+    login: String,
+    fingerprint: String,
+    source: String,
+    started_ms: i64,
+    handle: Handle,
+    channels: HashMap<ChannelId, LiveChannel>,
+}
+
+pub struct Registry {
+    sessions: Mutex<HashMap<String, LiveSession>>,
+    next: AtomicU64,
+    /// Distinguishes this replica's session ids from other replicas'.
+    prefix: String,
+    wake: Notify,
+}
+
+impl Registry {
+    pub fn new() -> Arc<Registry> {
+        let prefix = format!("{:04x}", rand::random::<u16>());
+        Arc::new(Registry {
+            sessions: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            prefix,
+            wake: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, LiveSession>> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers an authenticated connection; returns its id.
+    pub fn add(
+        &self,
+        account_id: i64,
+        login: &str,
+        fingerprint: &str,
+        source: &str,
+        handle: Handle,
+    ) -> String {
+        let id = format!(
+            "{}-{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
+        self.lock().insert(
+            id.clone(),
+            LiveSession {
+                account_id,
+                login: login.to_string(),
+                fingerprint: fingerprint.to_string(),
+                source: source.to_string(),
+                started_ms: now_ms(),
+                handle,
+                channels: HashMap::new(),
+            },
+        );
+        id
+    }
+
+    pub fn remove(&self, id: &str) {
+        if let Some(s) = self.lock().remove(id) {
+            for ch in s.channels.values() {
+                if let Some(t) = &ch.task {
+                    t.abort();
+                }
+            }
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn count_for(&self, account_id: i64) -> usize {
+        self.lock()
+            .values()
+            .filter(|s| s.account_id == account_id)
+            .count()
+    }
+
+    pub fn add_channel(&self, session: &str, id: ChannelId, ch: LiveChannel) {
+        if let Some(s) = self.lock().get_mut(session) {
+            s.channels.insert(id, ch);
+        } else if let Some(t) = ch.task {
+            // The session ended meanwhile.
+            t.abort();
+        }
+    }
+
+    /// A session channel becomes a shell or a command, in a project.
+    pub fn update_channel(
+        &self,
+        session: &str,
+        id: ChannelId,
+        kind: ChannelKind,
+        project: Option<String>,
+    ) {
+        if let Some(ch) = self
+            .lock()
+            .get_mut(session)
+            .and_then(|s| s.channels.get_mut(&id))
+        {
+            ch.kind = kind;
+            ch.project = project;
+        }
+    }
+
+    pub fn set_channel_task(&self, session: &str, id: ChannelId, task: AbortHandle) {
+        match self
+            .lock()
+            .get_mut(session)
+            .and_then(|s| s.channels.get_mut(&id))
+        {
+            Some(ch) => ch.task = Some(task),
+            None => task.abort(),
+        }
+    }
+
+    pub fn remove_channel(&self, session: &str, id: ChannelId) {
+        if let Some(s) = self.lock().get_mut(session) {
+            s.channels.remove(&id);
+        }
+    }
+
+    /// Ends what `r` revokes on this gateway; returns how many sessions and
+    /// channels it ended.
+    pub fn apply(&self, r: &Revocation) -> usize {
+        let mut ended = 0;
+        let mut sessions = self.lock();
+        for (id, s) in sessions.iter_mut() {
+            let whole = match r {
+                Revocation::Account { account_id } => s.account_id == *account_id,
+                Revocation::Key {
+                    account_id,
+                    fingerprint,
+                } => s.account_id == *account_id && &s.fingerprint == fingerprint,
+                Revocation::Session { id: sid } => sid == id,
+                _ => false,
+            };
+            if whole {
+                tracing::info!(session = %id, account = %s.login, "ending session: access revoked");
+                for ch in s.channels.values() {
+                    if let Some(t) = &ch.task {
+                        t.abort();
+                    }
+                }
+                let handle = s.handle.clone();
+                tokio::spawn(async move {
+                    let _ = handle
+                        .disconnect(
+                            russh::Disconnect::ByApplication,
+                            "access revoked".into(),
+                            String::new(),
+                        )
+                        .await;
+                });
+                ended += 1;
+                continue;
+            }
+            let doomed: Vec<ChannelId> = s
+                .channels
+                .iter()
+                .filter(|(_, ch)| match r {
+                    Revocation::Membership {
+                        account_id,
+                        project,
+                    } => s.account_id == *account_id && ch.project.as_deref() == Some(project),
+                    Revocation::Cluster { project, cluster } => {
+                        ch.kind == ChannelKind::Forward
+                            && ch.project.as_deref() == Some(project)
+                            && ch.cluster.as_deref() == Some(cluster)
+                    }
+                    Revocation::Node {
+                        project,
+                        cluster,
+                        node,
+                    } => {
+                        ch.kind == ChannelKind::Forward
+                            && ch.project.as_deref() == Some(project)
+                            && ch.cluster.as_deref() == Some(cluster)
+                            && ch.node.as_deref() == Some(node)
+                    }
+                    _ => false,
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            for ch_id in doomed {
+                if let Some(ch) = s.channels.remove(&ch_id) {
+                    tracing::info!(session = %id, account = %s.login, kind = ch.kind.as_str(), target = ?ch.target, "ending channel: access revoked");
+                    if let Some(t) = ch.task {
+                        t.abort();
+                    }
+                    let handle = s.handle.clone();
+                    tokio::spawn(async move {
+                        let _ = handle.close(ch_id).await;
+                    });
+                    ended += 1;
+                }
+            }
+        }
+        ended
+    }
+
+    /// Follows the store's revocation feed until the task is dropped:
+    /// polls twice a second, and at once when nudged.
+    pub async fn follow(self: Arc<Self>, store: Store) {
+        let mut last = loop {
+            match store.revocation_head().await {
+                Ok(id) => break id,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the revocation feed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let mut polls: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = self.wake.notified() => {}
+            }
+            match store.revocations_after(last).await {
+                Ok(list) => {
+                    for (id, r) in list {
+                        self.apply(&r);
+                        last = id;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the revocation feed"),
+            }
+            polls += 1;
+            if polls % 1200 == 0 {
+                let _ = store.prune_revocations(3_600_000).await;
+            }
+        }
+    }
+
+    /// Tells every live session something (shutdown notice).
+    pub fn handles(&self) -> Vec<(Handle, Vec<(ChannelId, ChannelKind)>)> {
+        self.lock()
+            .values()
+            .map(|s| {
+                (
+                    s.handle.clone(),
+                    s.channels.iter().map(|(id, c)| (*id, c.kind)).collect(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn forwards_open(&self) -> usize {
+        self.lock()
+            .values()
+            .map(|s| {
+                s.channels
+                    .values()
+                    .filter(|c| c.kind == ChannelKind::Forward)
+                    .count()
+            })
+            .sum()
+    }
+}
+
+impl Sessions for Registry {
+    fn list(&self) -> Vec<SessionInfo> {
+        let mut list: Vec<SessionInfo> = self
+            .lock()
+            .iter()
+            .map(|(id, s)| SessionInfo {
+                id: id.clone(),
+                account_id: s.account_id,
+                login: s.login.clone(),
+                source: s.source.clone(),
+                started: format_time(s.started_ms),
+                channels: s
+                    .channels
+                    .values()
+                    .map(|c| ChannelInfo {
+                        kind: c.kind.as_str().to_string(),
+                        project: c.project.clone(),
+                        target: c.target.clone(),
+                        bytes_in: c.counters.from_target.load(Ordering::Relaxed),
+                        bytes_out: c.counters.to_target.load(Ordering::Relaxed),
+                    })
+                    .collect(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
+        list
+    }
+
+    fn nudge(&self) {
+        self.wake.notify_one();
+    }
+}

@@ -1,0 +1,264 @@
+//! Prometheus metrics (text exposition by `prometheus-client`) and the
+//! small HTTP endpoint that serves `/metrics` and `/healthz`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::store::Store;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    command: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    auth: Family<ResultLabel, Counter>,
+    connections: Gauge,
+    channels: Family<KindLabel, Gauge>,
+    forward_bytes: Family<DirectionLabel, Counter<u64, AtomicU64>>,
+    commands: Family<CommandLabels, Counter>,
+    denials: Family<KindLabel, Counter>,
+    penalties: Counter,
+    db_latency: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("gatehouse");
+        let auth = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "auth_attempts",
+            "Authentication attempts by result",
+            auth.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "connections_active",
+            "Authenticated SSH connections open now",
+            connections.clone(),
+        );
+        let channels = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "channels_open",
+            "Channels open now, by kind",
+            channels.clone(),
+        );
+        let forward_bytes = Family::<DirectionLabel, Counter<u64, AtomicU64>>::default();
+        registry.register(
+            "forward_bytes",
+            "Bytes forwarded, by direction",
+            forward_bytes.clone(),
+        );
+        let commands = Family::<CommandLabels, Counter>::default();
+        registry.register(
+            "commands",
+            "Commands run, by command word and outcome",
+            commands.clone(),
+        );
+        let denials = Family::<KindLabel, Counter>::default();
+        registry.register("denials", "Requests refused, by kind", denials.clone());
+        let penalties = Counter::default();
+        registry.register(
+            "source_penalties",
+            "Source addresses put on penalty for repeated failures",
+            penalties.clone(),
+        );
+        let db_latency = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]);
+        registry.register(
+            "db_query_seconds",
+            "Latency of the authentication lookup in the database",
+            db_latency.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            auth,
+            connections,
+            channels,
+            forward_bytes,
+            commands,
+            denials,
+            penalties,
+            db_latency,
+        })
+    }
+
+    pub fn auth(&self, result: &str) {
+        self.auth
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.dec();
+    }
+
+    pub fn channel_opened(&self, kind: &str) {
+        self.channels
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn channel_closed(&self, kind: &str) {
+        self.channels
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .dec();
+    }
+
+    pub fn forward_opened(&self) {
+        self.channel_opened("forward");
+    }
+
+    pub fn forward_closed(&self) {
+        self.channel_closed("forward");
+    }
+
+    pub fn forward_refused(&self) {
+        self.denial("forward");
+    }
+
+    pub fn forward_bytes(&self, to_target: u64, from_target: u64) {
+        self.forward_bytes
+            .get_or_create(&DirectionLabel {
+                direction: "to_target".into(),
+            })
+            .inc_by(to_target);
+        self.forward_bytes
+            .get_or_create(&DirectionLabel {
+                direction: "from_target".into(),
+            })
+            .inc_by(from_target);
+    }
+
+    pub fn command(&self, word: &str, code: u32) {
+        // Only known command words become label values: user input must not
+        // grow the label set without bound.
+        let known = crate::commands::grammar::completions(&[]);
+        let command = if known.iter().any(|k| k == word) {
+            word
+        } else {
+            "other"
+        };
+        let outcome = match code {
+            0 => "ok",
+            2 => "usage",
+            3 => "denied",
+            _ => "failed",
+        };
+        self.commands
+            .get_or_create(&CommandLabels {
+                command: command.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        if code == 3 {
+            self.denial("command");
+        }
+    }
+
+    pub fn denial(&self, kind: &str) {
+        self.denials
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn penalty(&self) {
+        self.penalties.inc();
+    }
+
+    pub fn db_latency(&self, seconds: f64) {
+        self.db_latency.observe(seconds);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until the task is dropped.
+/// One request per connection: enough for Prometheus and probes.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Store) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await;
+            let Ok(Ok(n)) = read else { return };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body, ctype) = match path {
+                "/metrics" => (
+                    "200 OK",
+                    metrics.render(),
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+                "/healthz" => {
+                    match tokio::time::timeout(std::time::Duration::from_secs(2), store.ping())
+                        .await
+                    {
+                        Ok(Ok(())) => ("200 OK", "ok\n".to_string(), "text/plain"),
+                        Ok(Err(e)) => (
+                            "503 Service Unavailable",
+                            format!("database unreachable: {e}\n"),
+                            "text/plain",
+                        ),
+                        Err(_) => (
+                            "503 Service Unavailable",
+                            "database unreachable: timed out\n".to_string(),
+                            "text/plain",
+                        ),
+                    }
+                }
+                _ => ("404 Not Found", "not found\n".to_string(), "text/plain"),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}

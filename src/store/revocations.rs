@@ -1,0 +1,189 @@
+//! The revocation feed: every change that must end live sessions or
+//! forwards is appended here, by the SSH commands and the operator CLI alike,
+//! and every gateway replica follows it. One mechanism serves this process,
+//! other processes and other replicas.
+
+use super::{Result, Store, now_ms};
+
+/// What must end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// Every session of the account (disabled).
+    Account { account_id: i64 },
+    /// Sessions that authenticated with this key.
+    Key {
+        account_id: i64,
+        fingerprint: String,
+    },
+    /// The account's shells, commands and forwards in this project.
+    Membership { account_id: i64, project: String },
+    /// Forwards to these nodes (scaled away).
+    Node {
+        project: String,
+        cluster: String,
+        node: String,
+    },
+    /// Forwards to anything of the cluster (deleted).
+    Cluster { project: String, cluster: String },
+    /// One session, by id (`session kill`).
+    Session { id: String },
+}
+
+type Row = (
+    i64,
+    String,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+impl Revocation {
+    fn from_row(row: Row) -> Option<(i64, Revocation)> {
+        let (id, kind, account_id, project, cluster, node, fingerprint, session) = row;
+        let r = match kind.as_str() {
+            "account" => Revocation::Account {
+                account_id: account_id?,
+            },
+            "key" => Revocation::Key {
+                account_id: account_id?,
+                fingerprint: fingerprint?,
+            },
+            "membership" => Revocation::Membership {
+                account_id: account_id?,
+                project: project?,
+            },
+            "node" => Revocation::Node {
+                project: project?,
+                cluster: cluster?,
+                node: node?,
+            },
+            "cluster" => Revocation::Cluster {
+                project: project?,
+                cluster: cluster?,
+            },
+            "session" => Revocation::Session { id: session? },
+            _ => return None,
+        };
+        Some((id, r))
+    }
+}
+
+/// Appends one revocation inside `tx` (or on the pool, for `None`).
+pub(super) async fn append<'e, E>(exec: E, r: &Revocation) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let (kind, account_id, project, cluster, node, fingerprint, session): (
+        &str,
+        Option<i64>,
+        Option<&str>,
+        Option<&str>,
+        Option<&str>,
+        Option<&str>,
+        Option<&str>,
+    ) = match r {
+        Revocation::Account { account_id } => {
+            ("account", Some(*account_id), None, None, None, None, None)
+        }
+        Revocation::Key {
+            account_id,
+            fingerprint,
+        } => (
+            "key",
+            Some(*account_id),
+            None,
+            None,
+            None,
+            Some(fingerprint),
+            None,
+        ),
+        Revocation::Membership {
+            account_id,
+            project,
+        } => (
+            "membership",
+            Some(*account_id),
+            Some(project),
+            None,
+            None,
+            None,
+            None,
+        ),
+        Revocation::Node {
+            project,
+            cluster,
+            node,
+        } => (
+            "node",
+            None,
+            Some(project),
+            Some(cluster),
+            Some(node),
+            None,
+            None,
+        ),
+        Revocation::Cluster { project, cluster } => (
+            "cluster",
+            None,
+            Some(project),
+            Some(cluster),
+            None,
+            None,
+            None,
+        ),
+        Revocation::Session { id } => ("session", None, None, None, None, None, Some(id)),
+    };
+    sqlx::query(
+        "INSERT INTO revocations (at, kind, account_id, project, cluster, node, fingerprint, session) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(now_ms())
+    .bind(kind)
+    .bind(account_id)
+    .bind(project.map(str::to_string))
+    .bind(cluster.map(str::to_string))
+    .bind(node.map(str::to_string))
+    .bind(fingerprint.map(str::to_string))
+    .bind(session.map(str::to_string))
+    .execute(exec)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    pub async fn revoke(&self, r: &Revocation) -> Result<()> {
+        append(self.pool(), r).await
+    }
+
+    /// The newest revocation id: a new gateway starts following from here.
+    pub async fn revocation_head(&self) -> Result<i64> {
+        let (id,): (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM revocations")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(id.unwrap_or(0))
+    }
+
+    pub async fn revocations_after(&self, after: i64) -> Result<Vec<(i64, Revocation)>> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, kind, account_id, project, cluster, node, fingerprint, session \
+             FROM revocations WHERE id > $1 ORDER BY id LIMIT 1000",
+        )
+        .bind(after)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().filter_map(Revocation::from_row).collect())
+    }
+
+    /// Forgets revocations older than `age_ms`; replicas read them within a
+    /// second, so an hour is plenty.
+    pub async fn prune_revocations(&self, age_ms: i64) -> Result<()> {
+        sqlx::query("DELETE FROM revocations WHERE at < $1")
+            .bind(now_ms() - age_ms)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}
