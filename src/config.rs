@@ -149,7 +149,7 @@ impl Config {
             anyhow::anyhow!(
                 "invalid config file {}: {}",
                 path.display(),
-                e.message().trim()
+                e.message().trim().replace('\n', "; ")
             )
         })?;
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();

@@ -45,7 +45,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -91,6 +94,34 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Audit(a) => operator::audit(&store, a).await,
     };
     finish(result)
+}
+
+/// Help and version go to stdout; a usage error is one `error: ` line and
+/// exit status 2, like every other error of gatehouse.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                2
+            } else {
+                0
+            },
+        );
+    }
+    let rendered = e.render().to_string();
+    let first = rendered
+        .lines()
+        .next()
+        .unwrap_or("error: invalid arguments");
+    eprintln!("{}; see `gatehouse --help`", first.trim_end_matches('.'));
+    ExitCode::from(2)
 }
 
 fn finish(result: Result<String, CmdError>) -> ExitCode {

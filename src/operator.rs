@@ -53,6 +53,7 @@ pub enum KeyCmd {
 pub enum ProjectCmd {
     /// Create a project with its first admin.
     Create {
+        #[arg(allow_hyphen_values = true)]
         name: String,
         #[arg(long, value_name = "EMAIL")]
         admin: String,
@@ -68,12 +69,18 @@ pub enum ProjectCmd {
 pub enum NodeCmd {
     /// Register a node's sshd address into the free pool.
     Register {
+        #[arg(allow_hyphen_values = true)]
         name: String,
         #[arg(value_name = "HOST:PORT")]
         address: String,
         #[arg(long, value_name = "TYPE")]
         gpu_type: Option<String>,
-        #[arg(long, value_name = "N", default_value = "0")]
+        #[arg(
+            long,
+            value_name = "N",
+            default_value = "0",
+            allow_hyphen_values = true
+        )]
         gpus: String,
     },
     /// List all nodes, free and allocated.
@@ -87,7 +94,12 @@ pub enum NodeCmd {
 pub struct AuditArgs {
     #[arg(long, value_name = "NAME")]
     project: Option<String>,
-    #[arg(long, value_name = "N", default_value = "50")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "50",
+        allow_hyphen_values = true
+    )]
     limit: String,
     #[arg(long)]
     json: bool,

@@ -55,7 +55,12 @@ pub enum Cmd {
     Session(SessionCmd),
     /// The project's audit events, newest first (admin)
     Audit {
-        #[arg(long, value_name = "N", default_value = "50")]
+        #[arg(
+            long,
+            value_name = "N",
+            default_value = "50",
+            allow_hyphen_values = true
+        )]
         limit: String,
     },
     /// Interactive shell: make PROJECT the current project
@@ -80,7 +85,7 @@ pub enum ClusterCmd {
     /// Create a cluster from free nodes (admin)
     Create {
         cluster: String,
-        #[arg(long, value_name = "N", required = true)]
+        #[arg(long, value_name = "N", required = true, allow_hyphen_values = true)]
         nodes: String,
         #[arg(long, value_name = "TYPE")]
         gpu_type: Option<String>,
@@ -95,7 +100,7 @@ pub enum ClusterCmd {
     /// Grow or shrink a cluster to N nodes (admin)
     Scale {
         cluster: String,
-        #[arg(long, value_name = "N", required = true)]
+        #[arg(long, value_name = "N", required = true, allow_hyphen_values = true)]
         nodes: String,
     },
     /// Show the cluster config; with KEY=VALUE, change it (admin)
@@ -121,7 +126,7 @@ pub enum VolumeCmd {
     /// Create a volume (admin); SIZE like 500GiB or 2TiB
     Create {
         volume: String,
-        #[arg(long, value_name = "SIZE", required = true)]
+        #[arg(long, value_name = "SIZE", required = true, allow_hyphen_values = true)]
         size: String,
     },
     /// Delete a volume (admin)

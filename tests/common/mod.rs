@@ -1,0 +1,586 @@
+//! Shared harness for the end-to-end tests: a gatehouse started from the
+//! built binary, the real OpenSSH client, sshd nodes, a throwaway
+//! PostgreSQL. Every wait is bounded; every process is killed on drop.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+/// With `GATEHOUSE_E2E=required` (CI) a missing tool fails the test.
+pub fn required() -> bool {
+    std::env::var("GATEHOUSE_E2E").is_ok_and(|v| v == "required")
+}
+
+/// Returns false (and says so loudly) when `tool` is missing; panics
+/// instead when tools are required.
+pub fn have(tool: &str) -> bool {
+    if find_tool(tool).is_some() {
+        return true;
+    }
+    let msg =
+        format!("\n*** SKIPPED: `{tool}` is not installed; this end-to-end test did not run ***\n");
+    if required() {
+        panic!("{msg} (GATEHOUSE_E2E=required)");
+    }
+    eprintln!("{msg}");
+    false
+}
+
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
+    if tool == "sshd" {
+        let p = PathBuf::from("/usr/sbin/sshd");
+        return p.exists().then_some(p);
+    }
+    if matches!(tool, "initdb" | "pg_ctl" | "postgres") {
+        return pg_bin().map(|d| d.join(tool)).filter(|p| p.exists());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(tool))
+            .find(|p| p.exists())
+    })
+}
+
+/// The newest PostgreSQL server bin directory of the system packages.
+pub fn pg_bin() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, p)| p)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub fn wait_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Runs a command to completion, killing it after `timeout`.
+pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn command");
+    if let Some(data) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        });
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "command timed out after {timeout:?}: {cmd:?}\nstdout: {}\nstderr: {}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("wait: {e}"),
+        }
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    pub fn ok(&self) -> &Self {
+        assert_eq!(self.code, 0, "expected success: {self:?}");
+        self
+    }
+
+    #[track_caller]
+    pub fn fails(&self, code: i32, stderr_has: &str) -> &Self {
+        assert_eq!(self.code, code, "expected exit {code}: {self:?}");
+        assert!(
+            self.stderr.contains(stderr_has),
+            "stderr should contain {stderr_has:?}: {self:?}"
+        );
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("error: ") || l.starts_with("permission denied: "));
+        assert!(
+            line.is_some(),
+            "one `error: ` / `permission denied: ` line: {self:?}"
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+}
+
+/// A fresh ed25519 (or other) key pair made by ssh-keygen.
+pub struct Key {
+    pub private: PathBuf,
+    pub public: PathBuf,
+}
+
+impl Key {
+    pub fn new(dir: &Path, name: &str) -> Key {
+        Key::with_type(dir, name, &["-t", "ed25519"])
+    }
+
+    pub fn with_type(dir: &Path, name: &str, args: &[&str]) -> Key {
+        let private = dir.join(name);
+        let out = Command::new("ssh-keygen")
+            .args(args)
+            .args(["-q", "-N", "", "-C", name, "-f"])
+            .arg(&private)
+            .output()
+            .expect("ssh-keygen");
+        assert!(out.status.success(), "ssh-keygen: {out:?}");
+        Key {
+            public: private.with_extension("pub"),
+            private,
+        }
+    }
+
+    pub fn public_line(&self) -> String {
+        std::fs::read_to_string(&self.public)
+            .expect("public key")
+            .trim()
+            .to_string()
+    }
+
+    pub fn fingerprint(&self) -> String {
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(&self.public)
+            .output()
+            .expect("ssh-keygen -lf");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// A gatehouse gateway run from the built binary in its own directory.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub config: PathBuf,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Gateway {
+    /// Config and database only; call [`Gateway::start`] to serve.
+    pub fn new(extra_toml: &str) -> Gateway {
+        Gateway::with_db(None, extra_toml)
+    }
+
+    pub fn with_db(db_url: Option<&str>, extra_toml: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = dir.path().join("gatehouse.toml");
+        let db = db_url
+            .map(str::to_string)
+            .unwrap_or_else(|| "sqlite://data/gatehouse.db".into());
+        let mut toml = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nhost_key = \"data/host_ed25519\"\nshutdown_grace = \"3s\"\n\n[database]\nurl = \"{db}\"\n"
+        );
+        if !extra_toml.contains("[limits]") {
+            toml.push_str("\n[limits]\npenalty_after_failures = 1000\n");
+        }
+        toml.push_str(extra_toml);
+        std::fs::write(&config, toml).expect("write config");
+        let log = dir.path().join("gateway.log");
+        Gateway {
+            dir,
+            port,
+            config,
+            child: None,
+            log,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts `gatehouse serve` and waits until it accepts connections.
+    pub fn start(&mut self) -> &mut Self {
+        let log = std::fs::File::create(&self.log).expect("log file");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .env(
+                "RUST_LOG",
+                std::env::var("GATEHOUSE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn gatehouse serve");
+        self.child = Some(child);
+        if !wait_port(self.port, Duration::from_secs(20)) {
+            panic!("gateway did not start; log:\n{}", self.log_text());
+        }
+        self
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("started")
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the operator CLI against this gateway's config.
+    pub fn cli(&self, args: &[&str]) -> Run {
+        self.cli_stdin(args, None)
+    }
+
+    pub fn cli_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Run {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(&self.config).args(args);
+        Run::from(run_with_timeout(&mut cmd, stdin, Duration::from_secs(30)))
+    }
+
+    /// Creates an account with a fresh key; returns the key.
+    pub fn account(&self, email: &str) -> Key {
+        let login = email.split('@').next().unwrap_or("user");
+        let key = Key::new(self.dir.path(), &format!("key-{login}"));
+        self.cli(&["account", "add", email]).ok();
+        self.cli(&["key", "add", email, "--file", key.public.to_str().unwrap()])
+            .ok();
+        key
+    }
+
+    /// The base `ssh` command to this gateway as `login` with `key`.
+    pub fn ssh_cmd(&self, login: &str, key: &Key) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.args(ssh_opts())
+            .arg("-i")
+            .arg(&key.private)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg(format!("{login}@127.0.0.1"));
+        cmd
+    }
+
+    /// `ssh LOGIN@gw ARGS...`
+    pub fn ssh(&self, login: &str, key: &Key, args: &[&str]) -> Run {
+        self.ssh_stdin(login, key, args, None)
+    }
+
+    pub fn ssh_stdin(&self, login: &str, key: &Key, args: &[&str], stdin: Option<&[u8]>) -> Run {
+        let mut cmd = self.ssh_cmd(login, key);
+        cmd.arg("--").args(args);
+        Run::from(run_with_timeout(&mut cmd, stdin, Duration::from_secs(30)))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Options that make the OpenSSH client predictable in tests.
+pub fn ssh_opts() -> Vec<String> {
+    [
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "IdentityAgent=none",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=10",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A real OpenSSH sshd on a loopback port, standing in for a cluster node.
+pub struct Sshd {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Sshd {
+    /// Starts sshd that lets in the holders of `keys` as any user that exists.
+    pub fn start(keys: &[&Key]) -> Sshd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let host_key = dir.path().join("host_key");
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&host_key)
+            .output()
+            .expect("ssh-keygen");
+        assert!(out.status.success());
+        let auth = dir.path().join("authorized_keys");
+        let lines: Vec<String> = keys.iter().map(|k| k.public_line()).collect();
+        std::fs::write(&auth, lines.join("\n") + "\n").expect("authorized_keys");
+        let config = dir.path().join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin yes\nAllowTcpForwarding yes\nSubsystem sftp internal-sftp\nLogLevel ERROR\n",
+                host_key.display(),
+                dir.path().join("sshd.pid").display(),
+                auth.display()
+            ),
+        )
+        .expect("sshd_config");
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sshd");
+        assert!(
+            wait_port(port, Duration::from_secs(10)),
+            "sshd did not start"
+        );
+        Sshd { port, dir, child }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A throwaway PostgreSQL cluster in a temporary directory, run as the
+/// unprivileged `postgres` user when the tests run as root.
+pub struct Postgres {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    next_db: std::sync::atomic::AtomicUsize,
+}
+
+fn as_pg_user(bin: &Path, tool: &str) -> Command {
+    let is_root = unsafe_geteuid() == 0;
+    if is_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(tool));
+        c
+    } else {
+        Command::new(bin.join(tool))
+    }
+}
+
+fn unsafe_geteuid() -> u32 {
+    // Reading /proc avoids a libc dependency for one number.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+impl Postgres {
+    /// Starts a cluster, or returns None (after a loud notice) when
+    /// PostgreSQL is not installed.
+    pub fn start() -> Option<Postgres> {
+        if !have("initdb") {
+            return None;
+        }
+        let bin = pg_bin()?;
+        let dir = tempfile::Builder::new()
+            .prefix("gh-pg")
+            .tempdir()
+            .expect("tempdir");
+        if unsafe_geteuid() == 0 {
+            let st = Command::new("chown")
+                .arg("postgres:")
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(st.success());
+        }
+        let data = dir.path().join("data");
+        let out = as_pg_user(&bin, "initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "--no-sync"])
+            .output()
+            .expect("initdb");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let mut pg = Postgres {
+            port,
+            dir,
+            bin,
+            next_db: std::sync::atomic::AtomicUsize::new(0),
+        };
+        pg.pg_ctl_start();
+        Some(pg)
+    }
+
+    fn pg_ctl_start(&mut self) {
+        let out = as_pg_user(&self.bin, "pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(self.dir.path().join("log"))
+            .arg("-o")
+            .arg(format!(
+                "-k {} -c listen_addresses=127.0.0.1 -p {} -c fsync=off",
+                self.dir.path().display(),
+                self.port
+            ))
+            .args(["-w", "-t", "30", "start"])
+            .output()
+            .expect("pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops the server (for outage tests); [`Postgres::resume`] restarts it.
+    pub fn pause(&self) {
+        let _ = as_pg_user(&self.bin, "pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "-t", "30", "stop"])
+            .output();
+    }
+
+    pub fn resume(&mut self) {
+        self.pg_ctl_start();
+    }
+
+    /// A new, empty database; returns its URL.
+    pub fn database(&self) -> String {
+        let n = self
+            .next_db
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("gh{n}");
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-c",
+            ])
+            .arg(format!("CREATE DATABASE {name}"))
+            .output()
+            .or_else(|_| {
+                Command::new("psql")
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &self.port.to_string(),
+                        "-U",
+                        "postgres",
+                        "-c",
+                    ])
+                    .arg(format!("CREATE DATABASE {name}"))
+                    .output()
+            })
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "createdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.pause();
+    }
+}
