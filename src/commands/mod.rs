@@ -146,8 +146,14 @@ fn parse(words: &[String]) -> Result<Result<Invocation, String>, CmdError> {
             }
             _ => {
                 let rendered = e.render().to_string();
-                let first = rendered.lines().next().unwrap_or("invalid command");
-                let msg = first.strip_prefix("error: ").unwrap_or(first);
+                let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+                let first = lines.next().unwrap_or("invalid command");
+                let mut msg = first.strip_prefix("error: ").unwrap_or(first).to_string();
+                if msg.ends_with(':') {
+                    // "the following required arguments were not provided:"
+                    let list: Vec<&str> = lines.take_while(|l| !l.starts_with("Usage:")).collect();
+                    msg = format!("{msg} {}", list.join(" "));
+                }
                 let topic = words
                     .iter()
                     .take_while(|w| !w.starts_with('-'))

@@ -333,9 +333,11 @@ impl Gateway {
         self.ssh_stdin(login, key, args, None)
     }
 
+    /// Like a careful user, quotes every argument: ssh joins its arguments
+    /// with spaces and the gateway splits them again like a shell.
     pub fn ssh_stdin(&self, login: &str, key: &Key, args: &[&str], stdin: Option<&[u8]>) -> Run {
         let mut cmd = self.ssh_cmd(login, key);
-        cmd.arg("--").args(args);
+        cmd.arg("--").args(args.iter().map(|a| sh_quote(a)));
         Run::from(run_with_timeout(&mut cmd, stdin, Duration::from_secs(30)))
     }
 }
@@ -344,6 +346,17 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Quotes a word for a POSIX shell, only when needed.
+pub fn sh_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+".contains(c))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// Options that make the OpenSSH client predictable in tests.
