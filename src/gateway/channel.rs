@@ -83,9 +83,13 @@ async fn write(channel: &Channel<Msg>, r: &Response, tty: bool) {
         let _ = channel.data(fix(&r.stdout).as_bytes()).await;
     }
     if let Some(e) = &r.stderr {
-        let _ = channel
-            .extended_data(1, fix(&format!("{e}\n")).as_bytes())
-            .await;
+        let line = fix(&format!("{e}\n"));
+        // On a terminal, stderr shares the screen with stdout, as with sshd's ptys.
+        if tty {
+            let _ = channel.data(line.as_bytes()).await;
+        } else {
+            let _ = channel.extended_data(1, line.as_bytes()).await;
+        }
     }
 }
 
@@ -284,7 +288,6 @@ struct Shell<'a> {
     project: Option<String>,
     /// A destructive command waiting for its yes/no, and the question.
     pending: Option<(Vec<String>, String)>,
-    last_code: u32,
 }
 
 impl<'a> Shell<'a> {
@@ -294,7 +297,6 @@ impl<'a> Shell<'a> {
             editor: LineEditor::new(MAX_LINE, width as usize, completions),
             project: None,
             pending: None,
-            last_code: 0,
         }
     }
 
@@ -330,6 +332,7 @@ impl<'a> Shell<'a> {
             .set_channel(channel.id(), ChannelKind::Shell, self.project.clone());
     }
 
+    /// Leaving the shell, by `exit` or Ctrl-D, is not an error: status 0.
     async fn run(mut self, channel: &mut Channel<Msg>) -> u32 {
         self.banner(channel).await;
         self.editor.start(&self.prompt());
@@ -341,14 +344,14 @@ impl<'a> Shell<'a> {
                     self.flush(channel).await;
                     for ev in events {
                         if self.event(channel, ev).await {
-                            return self.last_code;
+                            return 0;
                         }
                     }
                 }
                 Some(ChannelMsg::WindowChange { col_width, .. }) => {
                     self.editor.set_width(col_width as usize)
                 }
-                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return self.last_code,
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return 0,
                 Some(_) => {}
             }
         }
@@ -373,7 +376,7 @@ impl<'a> Shell<'a> {
             }
             Event::Rejected(msg) => {
                 self.pending = None;
-                self.last_code = write_error(channel, &CmdError::Usage(msg), true).await;
+                write_error(channel, &CmdError::Usage(msg), true).await;
             }
             Event::Line(line) => {
                 if let Some((words, _)) = self.pending.take() {
@@ -383,7 +386,6 @@ impl<'a> Shell<'a> {
                     } else {
                         cancelled()
                     };
-                    self.last_code = r.code;
                     write(channel, &r, true).await;
                 } else if self.line(channel, &line).await {
                     return true;
@@ -413,7 +415,7 @@ impl<'a> Shell<'a> {
             Ok(w) if w.is_empty() => return false,
             Ok(w) => w,
             Err(e) => {
-                self.last_code = write_error(channel, &e, true).await;
+                write_error(channel, &e, true).await;
                 return false;
             }
         };
@@ -431,7 +433,6 @@ impl<'a> Shell<'a> {
             self.conn
                 .set_channel(channel.id(), ChannelKind::Shell, self.project.clone());
         }
-        self.last_code = r.code;
         write(channel, &r, true).await;
         false
     }

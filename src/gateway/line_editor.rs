@@ -282,6 +282,9 @@ impl LineEditor {
     }
 
     fn insert(&mut self, c: char) {
+        if self.too_long {
+            return;
+        }
         let bytes: usize = self.buf.iter().map(|c| c.len_utf8()).sum();
         if bytes + c.len_utf8() > self.max_len {
             // Keep swallowing a runaway paste, and refuse it at Enter.
