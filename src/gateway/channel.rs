@@ -178,7 +178,7 @@ async fn read_answer(channel: &mut Channel<Msg>, editor: &mut LineEditor) -> boo
             Some(ChannelMsg::Data { data }) => {
                 let events = editor.feed(&data);
                 let _ = channel.data(&editor.take_output()[..]).await;
-                for ev in events {
+                if let Some(ev) = events.into_iter().next() {
                     return matches!(ev, Event::Line(l) if matches!(l.trim().to_ascii_lowercase().as_str(), "y" | "yes"));
                 }
             }

@@ -228,17 +228,13 @@ impl LineEditor {
         }
         self.esc = None;
         match seq {
-            b"[D" | b"OD" => {
-                if self.cursor > 0 {
-                    self.cursor -= 1;
-                    self.refresh();
-                }
+            b"[D" | b"OD" if self.cursor > 0 => {
+                self.cursor -= 1;
+                self.refresh();
             }
-            b"[C" | b"OC" => {
-                if self.cursor < self.buf.len() {
-                    self.cursor += 1;
-                    self.refresh();
-                }
+            b"[C" | b"OC" if self.cursor < self.buf.len() => {
+                self.cursor += 1;
+                self.refresh();
             }
             b"[A" | b"OA" => self.history_move(-1),
             b"[B" | b"OB" => self.history_move(1),
@@ -250,11 +246,9 @@ impl LineEditor {
                 self.cursor = self.buf.len();
                 self.refresh();
             }
-            b"[3~" => {
-                if self.cursor < self.buf.len() {
-                    self.buf.remove(self.cursor);
-                    self.refresh();
-                }
+            b"[3~" if self.cursor < self.buf.len() => {
+                self.buf.remove(self.cursor);
+                self.refresh();
             }
             _ => {}
         }
@@ -294,7 +288,7 @@ impl LineEditor {
         self.buf.insert(self.cursor, c);
         self.cursor += 1;
         if self.cursor == self.buf.len()
-            && (self.prompt.chars().count() + self.cursor) % self.width != 0
+            && !(self.prompt.chars().count() + self.cursor).is_multiple_of(self.width)
         {
             // Typing at the end: echo the character instead of redrawing.
             let mut tmp = [0u8; 4];
@@ -392,10 +386,10 @@ impl LineEditor {
         self.out.extend_from_slice(line.as_bytes());
         let total = plen + self.buf.len();
         let mut end_row = total / self.width;
-        if total > 0 && total % self.width == 0 {
+        if total > 0 && total.is_multiple_of(self.width) {
             // Terminals defer the wrap at the last column; force it.
             self.out.extend_from_slice(b"\r\n");
-        } else if total % self.width == 0 {
+        } else if total.is_multiple_of(self.width) {
             end_row = 0;
         }
         let pos = plen + self.cursor;

@@ -284,7 +284,7 @@ impl Registry {
                 Err(e) => tracing::warn!(error = %e, "cannot read the revocation feed"),
             }
             polls += 1;
-            if polls % 1200 == 0 {
+            if polls.is_multiple_of(1200) {
                 let _ = store.prune_revocations(3_600_000).await;
             }
         }

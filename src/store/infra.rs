@@ -403,7 +403,7 @@ impl Store {
     }
 
     pub async fn volume_create(&self, project_id: i64, name: &Name, size: Size) -> Result<Volume> {
-        Ok(sqlx::query_as(
+        sqlx::query_as(
             "INSERT INTO volumes (project_id, name, size_gib, created_at) VALUES ($1, $2, $3, $4) \
              RETURNING id, name, size_gib, created_at",
         )
@@ -417,7 +417,7 @@ impl Store {
             conflict_on_unique(e, || {
                 format!("volume {name} already exists in this project")
             })
-        })?)
+        })
     }
 
     pub async fn volume_delete(&self, project_id: i64, name: &Name) -> Result<()> {

@@ -71,20 +71,23 @@ impl Revocation {
     }
 }
 
-/// Appends one revocation inside `tx` (or on the pool, for `None`).
+/// kind, account_id, project, cluster, node, fingerprint, session
+type Columns<'a> = (
+    &'a str,
+    Option<i64>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
+/// Appends one revocation through `exec`: a transaction or the pool.
 pub(super) async fn append<'e, E>(exec: E, r: &Revocation) -> Result<()>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    let (kind, account_id, project, cluster, node, fingerprint, session): (
-        &str,
-        Option<i64>,
-        Option<&str>,
-        Option<&str>,
-        Option<&str>,
-        Option<&str>,
-        Option<&str>,
-    ) = match r {
+    let (kind, account_id, project, cluster, node, fingerprint, session): Columns<'_> = match r {
         Revocation::Account { account_id } => {
             ("account", Some(*account_id), None, None, None, None, None)
         }
