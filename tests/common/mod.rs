@@ -597,3 +597,81 @@ impl Drop for Postgres {
         self.pause();
     }
 }
+
+/// A TCP echo server on a loopback port, for forwards to talk to.
+pub fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut read = conn.try_clone().expect("clone");
+                let _ = std::io::copy(&mut read, &mut conn);
+            });
+        }
+    });
+    port
+}
+
+/// A TCP server that reads until EOF and answers with the SHA-256 (hex) and
+/// length of what it got: checks a transfer end to end, half-close included.
+pub fn digest_server() -> u16 {
+    use sha2::Digest;
+    use std::io::Read;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut h = sha2::Sha256::new();
+                let mut buf = vec![0u8; 1 << 16];
+                let mut n: u64 = 0;
+                loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => {
+                            h.update(&buf[..k]);
+                            n += k as u64;
+                        }
+                    }
+                }
+                let _ = write!(conn, "{:x} {n}\n", h.finalize());
+            });
+        }
+    });
+    port
+}
+
+/// The local user name, which the test sshd lets in.
+pub fn local_user() -> String {
+    let out = Command::new("id").arg("-un").output().expect("id -un");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An ssh_config for `ssh -J`: the jump hop does not take `-o` options.
+pub fn jump_config(gw: &Gateway, login: &str, key: &Key) -> PathBuf {
+    let path = gw.dir.path().join(format!("ssh_config_{login}"));
+    let text = format!(
+        "Host gw\n  HostName 127.0.0.1\n  Port {port}\n  User {login}\n  ProxyJump none\n\nHost *\n  IdentityFile {key}\n  IdentitiesOnly yes\n  IdentityAgent none\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes\n  ConnectTimeout 10\n",
+        port = gw.port,
+        key = key.private.display()
+    );
+    std::fs::write(&path, text).expect("ssh_config");
+    path
+}
+
+/// Waits for a child to exit, up to `timeout`; returns its status if it did.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
