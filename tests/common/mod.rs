@@ -637,7 +637,7 @@ pub fn digest_server() -> u16 {
                         }
                     }
                 }
-                let _ = write!(conn, "{:x} {n}\n", h.finalize());
+                let _ = writeln!(conn, "{:x} {n}", h.finalize());
             });
         }
     });
