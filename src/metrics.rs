@@ -41,7 +41,9 @@ pub struct Metrics {
     auth: Family<ResultLabel, Counter>,
     connections: Gauge,
     channels: Family<KindLabel, Gauge>,
-    forward_bytes: Family<DirectionLabel, Counter<u64, AtomicU64>>,
+    /// Held directly so the forwarding hot path adds without a map lookup.
+    bytes_to_target: Counter<u64, AtomicU64>,
+    bytes_from_target: Counter<u64, AtomicU64>,
     commands: Family<CommandLabels, Counter>,
     denials: Family<KindLabel, Counter>,
     penalties: Counter,
@@ -75,6 +77,16 @@ impl Metrics {
             "Bytes forwarded, by direction",
             forward_bytes.clone(),
         );
+        let bytes_to_target = forward_bytes
+            .get_or_create(&DirectionLabel {
+                direction: "to_target".into(),
+            })
+            .clone();
+        let bytes_from_target = forward_bytes
+            .get_or_create(&DirectionLabel {
+                direction: "from_target".into(),
+            })
+            .clone();
         let commands = Family::<CommandLabels, Counter>::default();
         registry.register(
             "commands",
@@ -102,7 +114,8 @@ impl Metrics {
             auth,
             connections,
             channels,
-            forward_bytes,
+            bytes_to_target,
+            bytes_from_target,
             commands,
             denials,
             penalties,
@@ -150,17 +163,12 @@ impl Metrics {
         self.denial("forward");
     }
 
-    pub fn forward_bytes(&self, to_target: u64, from_target: u64) {
-        self.forward_bytes
-            .get_or_create(&DirectionLabel {
-                direction: "to_target".into(),
-            })
-            .inc_by(to_target);
-        self.forward_bytes
-            .get_or_create(&DirectionLabel {
-                direction: "from_target".into(),
-            })
-            .inc_by(from_target);
+    pub fn forwarded_to_target(&self, n: u64) {
+        self.bytes_to_target.inc_by(n);
+    }
+
+    pub fn forwarded_from_target(&self, n: u64) {
+        self.bytes_from_target.inc_by(n);
     }
 
     pub fn command(&self, word: &str, code: u32) {

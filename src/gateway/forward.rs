@@ -105,11 +105,15 @@ pub async fn run(
     conn.shared.metrics.forward_opened();
     let pipe = {
         let counters = counters.clone();
+        let metrics = conn.shared.metrics.clone();
+        let activity = conn.activity.clone();
         tokio::spawn(async move {
             let mut ch = channel.into_stream();
             let mut tcp = Counted {
                 inner: stream,
                 counters,
+                metrics,
+                activity,
             };
             tokio::io::copy_bidirectional_with_sizes(&mut ch, &mut tcp, COPY_BUF, COPY_BUF).await
         })
@@ -179,6 +183,9 @@ async fn audit(conn: &ConnCtx, r: Option<&Resolved>, target: &str, outcome: Outc
 struct Counted {
     inner: TcpStream,
     counters: Arc<Counters>,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// The connection's last-activity clock: a forward moving data is not idle.
+    activity: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl AsyncRead for Counted {
@@ -189,10 +196,13 @@ impl AsyncRead for Counted {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        self.counters
-            .from_target
-            .fetch_add(n as u64, Ordering::Relaxed);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            self.counters.from_target.fetch_add(n, Ordering::Relaxed);
+            self.metrics.forwarded_from_target(n);
+            self.activity
+                .store(crate::store::now_ms(), Ordering::Relaxed);
+        }
         r
     }
 }
@@ -208,6 +218,7 @@ impl AsyncWrite for Counted {
             self.counters
                 .to_target
                 .fetch_add(*n as u64, Ordering::Relaxed);
+            self.metrics.forwarded_to_target(*n as u64);
         }
         r
     }

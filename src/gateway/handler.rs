@@ -196,13 +196,30 @@ impl russh::server::Handler for Conn {
         tokio::spawn(async move {
             let _ = store.audit(&event).await;
         });
-        self.ctx = Some(Arc::new(ConnCtx {
+        let ctx = Arc::new(ConnCtx {
             shared: self.shared.clone(),
             account,
             fingerprint,
             source: self.source.clone(),
             session_id,
-        }));
+            activity: Arc::new(std::sync::atomic::AtomicI64::new(crate::store::now_ms())),
+        });
+        tokio::spawn(ctx.clone().watch_idle(session.handle()));
+        self.ctx = Some(ctx);
+        Ok(())
+    }
+
+    /// Called for data on every channel, forwards included: only used to
+    /// note that the connection is not idle.
+    async fn data(
+        &mut self,
+        _channel: ChannelId,
+        _data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(ctx) = &self.ctx {
+            ctx.touch();
+        }
         Ok(())
     }
 

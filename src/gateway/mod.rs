@@ -6,6 +6,7 @@
 mod channel;
 mod forward;
 mod handler;
+mod killable;
 pub mod line_editor;
 mod penalty;
 pub mod sessions;
@@ -41,9 +42,63 @@ pub struct ConnCtx {
     pub fingerprint: String,
     pub source: String,
     pub session_id: String,
+    /// When traffic last moved on any channel, in ms since the epoch.
+    pub activity: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl ConnCtx {
+    /// Marks the connection as busy: input from the client, or bytes moving
+    /// through a forward in either direction.
+    pub fn touch(&self) {
+        self.activity
+            .store(crate::store::now_ms(), Ordering::Relaxed);
+    }
+
+    /// Closes the connection once nothing has moved for `idle_timeout`;
+    /// shells are warned first. Ends with the session.
+    async fn watch_idle(self: Arc<Self>, handle: russh::server::Handle) {
+        let idle = self.shared.config.limits.idle_timeout;
+        let warn_before = (idle / 2).min(Duration::from_secs(60));
+        let tick = (idle / 8).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let mut warned = false;
+        loop {
+            tokio::time::sleep(tick).await;
+            if !self.shared.registry.contains(&self.session_id) {
+                return;
+            }
+            let quiet = Duration::from_millis(
+                (crate::store::now_ms() - self.activity.load(Ordering::Relaxed)).max(0) as u64,
+            );
+            if quiet >= idle {
+                tracing::info!(session = %self.session_id, account = %self.account.login, idle = ?quiet, "closing idle session");
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "idle timeout".into(),
+                        String::new(),
+                    )
+                    .await;
+                return;
+            }
+            if quiet + warn_before >= idle {
+                if !warned {
+                    warned = true;
+                    let left = (idle - quiet).as_secs().max(1);
+                    let msg = format!(
+                        "\r\n*** gatehouse: this session is idle and closes in {left}s unless you type something ***\r\n"
+                    );
+                    for (id, kind) in self.shared.registry.channels_of(&self.session_id) {
+                        if kind == ChannelKind::Shell {
+                            let _ = handle.data(id, msg.clone().into_bytes()).await;
+                        }
+                    }
+                }
+            } else {
+                warned = false;
+            }
+        }
+    }
+
     fn set_channel(&self, id: russh::ChannelId, kind: ChannelKind, project: Option<String>) {
         self.shared
             .registry
@@ -123,7 +178,9 @@ fn russh_config(config: &Config, key: PrivateKey) -> russh::server::Config {
         auth_rejection_time: Duration::from_millis(100),
         auth_rejection_time_initial: Some(Duration::ZERO),
         max_auth_attempts: config.limits.max_auth_attempts,
-        inactivity_timeout: Some(config.limits.idle_timeout),
+        // Idleness is judged by gatehouse itself (see `ConnCtx::watch_idle`):
+        // russh's timer would be reset by keepalive replies and by our own output.
+        inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(60)),
         keepalive_max: 3,
         window_size: 16 * 1024 * 1024,
@@ -214,12 +271,9 @@ async fn connection(
     let grace = shared.config.limits.login_grace_time;
     let conn = handler::Conn::new(shared, peer);
     let authenticated = conn.authenticated.clone();
-    let session = match tokio::time::timeout(
-        grace,
-        russh::server::run_stream(ssh_config, sock, conn),
-    )
-    .await
-    {
+    let (sock, switch) = killable::Killable::new(sock);
+    let setup = tokio::time::timeout(grace, russh::server::run_stream(ssh_config, sock, conn));
+    let session = match setup.await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(source = %peer, error = %e, "connection setup failed");
@@ -227,18 +281,11 @@ async fn connection(
         }
         Err(_) => return,
     };
-    let handle = session.handle();
     let timer = tokio::spawn(async move {
         tokio::time::sleep(grace).await;
         if !authenticated.load(Ordering::Relaxed) {
             tracing::info!(source = %peer, "login grace time exceeded");
-            let _ = handle
-                .disconnect(
-                    russh::Disconnect::ByApplication,
-                    "login grace time exceeded".into(),
-                    String::new(),
-                )
-                .await;
+            switch.kill();
         }
     });
     if let Err(e) = session.await {

@@ -122,6 +122,17 @@ impl Registry {
         }
     }
 
+    pub fn contains(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    pub fn channels_of(&self, id: &str) -> Vec<(ChannelId, ChannelKind)> {
+        self.lock()
+            .get(id)
+            .map(|s| s.channels.iter().map(|(c, ch)| (*c, ch.kind)).collect())
+            .unwrap_or_default()
+    }
+
     pub fn count(&self) -> usize {
         self.lock().len()
     }
@@ -269,6 +280,8 @@ impl Registry {
             }
         };
         let mut polls: u64 = 0;
+        // Say so once when the feed becomes unreadable, and once when it is back.
+        let mut failing = false;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -276,12 +289,20 @@ impl Registry {
             }
             match store.revocations_after(last).await {
                 Ok(list) => {
+                    if failing {
+                        tracing::info!("revocation feed readable again");
+                        failing = false;
+                    }
                     for (id, r) in list {
                         self.apply(&r);
                         last = id;
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot read the revocation feed"),
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "cannot read the revocation feed; retrying");
+                    failing = true;
+                }
+                Err(_) => {}
             }
             polls += 1;
             if polls.is_multiple_of(1200) {

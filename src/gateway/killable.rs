@@ -1,0 +1,105 @@
+//! A TCP stream that can be cut from outside. russh owns the stream of a
+//! session; this lets the login-grace timer end a connection that is stuck
+//! before authentication, when an SSH disconnect message would never be
+//! processed (for example in the middle of a key exchange).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+#[derive(Default)]
+pub struct KillSwitch {
+    killed: AtomicBool,
+    reader: Mutex<Option<Waker>>,
+}
+
+impl KillSwitch {
+    /// Makes the stream's reads fail from now on, waking a pending read.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        if let Some(w) = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            w.wake();
+        }
+    }
+}
+
+pub struct Killable {
+    inner: TcpStream,
+    switch: Arc<KillSwitch>,
+}
+
+impl Killable {
+    pub fn new(inner: TcpStream) -> (Killable, Arc<KillSwitch>) {
+        let switch = Arc::new(KillSwitch::default());
+        (
+            Killable {
+                inner,
+                switch: switch.clone(),
+            },
+            switch,
+        )
+    }
+}
+
+fn aborted() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "connection cut by the gateway",
+    )
+}
+
+impl AsyncRead for Killable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        // Register the waker before looking at the flag, so a kill between
+        // the two still wakes this read.
+        *self.switch.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+        if self.switch.killed.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(aborted()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Killable {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.switch.killed.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(aborted()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.switch.killed.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(aborted()));
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
