@@ -320,6 +320,7 @@ fn idle_shells_are_warned_then_closed_but_busy_forwards_are_not() {
     busy.join()
         .expect("the busy forward kept working past the idle timeout");
     let _ = fchild.kill();
+    let _ = fchild.wait();
 }
 
 #[test]
