@@ -61,11 +61,22 @@ pub fn pg_bin() -> Option<PathBuf> {
     versions.pop().map(|(_, p)| p)
 }
 
+/// A loopback port free now and never handed out before in this process:
+/// tests run in parallel, and the kernel may give a just-released port to
+/// the next caller.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn wait_port(port: u16, timeout: Duration) -> bool {
