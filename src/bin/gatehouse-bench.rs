@@ -1,0 +1,817 @@
+//! gatehouse-bench: gatehouse against OpenSSH's sshd as a jump host, side by
+//! side on loopback, driven by the same OpenSSH client with the same cipher,
+//! runs alternating so machine drift hits both alike.
+//!
+//! `cargo run --release --bin gatehouse-bench` writes the table to
+//! BENCHMARKS.md; `--help` lists the knobs; `--quick` is the smoke run.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gatehouse-bench",
+    about = "Benchmark gatehouse against OpenSSH sshd, side by side"
+)]
+struct Args {
+    /// MiB pushed through `ssh -L` per throughput run
+    #[arg(long, default_value = "1024")]
+    throughput_mib: u64,
+    /// Throughput runs per server
+    #[arg(long, default_value = "3")]
+    runs: usize,
+    /// 64-byte round trips per server
+    #[arg(long, default_value = "2000")]
+    rtt_count: usize,
+    /// `ssh gw CMD` connections per server
+    #[arg(long, default_value = "30")]
+    setup_count: usize,
+    /// Idle session counts at which memory per session is measured
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    sessions: Vec<usize>,
+    /// Concurrent sessions to try to hold
+    #[arg(long, default_value = "2000")]
+    max_sessions: usize,
+    /// Also compare connection setup against a database of this many
+    /// accounts (two keys each) with one of 10 accounts; 0 skips it
+    #[arg(long, default_value = "100000")]
+    auth_scale_accounts: usize,
+    /// Cipher for both servers
+    #[arg(long, default_value = "aes256-gcm@openssh.com")]
+    cipher: String,
+    /// Where to write the table (between the bench markers); "-" for stdout only
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    out: String,
+    /// Tiny sizes, for the smoke test
+    #[arg(long)]
+    quick: bool,
+    #[arg(long, hide = true)]
+    serve_gateway: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if let Some(config) = args.serve_gateway {
+        // Runs the gateway in its own process, so its memory is its own.
+        let config = gatehouse::config::Config::load(Some(&config))?;
+        let rt = tokio::runtime::Runtime::new()?;
+        return rt.block_on(gatehouse::gateway::serve(config));
+    }
+    if args.quick {
+        args.throughput_mib = 8;
+        args.runs = 1;
+        args.rtt_count = 50;
+        args.setup_count = 3;
+        args.sessions = vec![5];
+        args.max_sessions = 10;
+        args.auth_scale_accounts = 200;
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    let report = rt.block_on(run(&args))?;
+    println!("{report}");
+    if args.out != "-" {
+        write_report(Path::new(&args.out), &report)?;
+        eprintln!("wrote {}", args.out);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- servers
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on port {port}")
+}
+
+fn keygen(path: &Path) -> Result<()> {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .status()
+        .context("ssh-keygen")?;
+    if !st.success() {
+        bail!("ssh-keygen failed");
+    }
+    Ok(())
+}
+
+fn user() -> String {
+    Command::new("id")
+        .arg("-un")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "root".into())
+}
+
+fn start_sshd(dir: &Path, client_pub: &Path) -> Result<(Proc, u16)> {
+    let port = free_port()?;
+    let host_key = dir.join("sshd_host_key");
+    keygen(&host_key)?;
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\nUsePAM no\nStrictModes no\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin yes\nAllowTcpForwarding yes\n\
+             MaxStartups 10000\nMaxSessions 100\nUseDNS no\nLogLevel ERROR\nPerSourcePenalties no\n",
+            host_key.display(),
+            dir.join("sshd.pid").display(),
+            client_pub.display()
+        ),
+    )?;
+    let _ = std::fs::create_dir_all("/run/sshd");
+    // OpenSSH 9.2 has no PerSourcePenalties; drop the line it would refuse.
+    let test = Command::new("/usr/sbin/sshd")
+        .args(["-t", "-f"])
+        .arg(&config)
+        .output()?;
+    if !test.status.success() {
+        let text = std::fs::read_to_string(&config)?.replace("PerSourcePenalties no\n", "");
+        std::fs::write(&config, text)?;
+    }
+    let child = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start /usr/sbin/sshd (apt-get install openssh-server)")?;
+    wait_port(port)?;
+    Ok((Proc(child), port))
+}
+
+async fn start_gatehouse(
+    dir: &Path,
+    name: &str,
+    client_pub: &Path,
+    sink: u16,
+    echo: u16,
+    seed: usize,
+) -> Result<(Proc, u16)> {
+    use gatehouse::model::{Email, HostPort, Login, Name, SshPublicKey};
+    let port = free_port()?;
+    let gdir = dir.join(name);
+    std::fs::create_dir_all(&gdir)?;
+    let config = gdir.join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nhost_key = \"host_key\"\n[database]\nurl = \"sqlite://gatehouse.db\"\n\
+             [limits]\nmax_sessions_per_account = 100000\nmax_connections = 100000\npenalty_after_failures = 1000000\n\
+             [log]\nlevel = \"warn\"\n"
+        ),
+    )?;
+    let store =
+        gatehouse::store::Store::connect(&format!("sqlite://{}/gatehouse.db", gdir.display()), 2)
+            .await?;
+    let email = Email::parse("bench@example.com")?;
+    let account = store.account_add(&email, &Login::parse(&user())?).await?;
+    store
+        .key_add(
+            &account,
+            &SshPublicKey::parse(&std::fs::read_to_string(client_pub)?)?,
+        )
+        .await?;
+    let project = store
+        .project_create(&Name::parse("p", "bench")?, account.id)
+        .await?;
+    for (n, p) in [("sink", sink), ("echo", echo)] {
+        store
+            .node_register(
+                &Name::parse("n", n)?,
+                &HostPort::parse(&format!("127.0.0.1:{p}"))?,
+                None,
+                0,
+            )
+            .await?;
+    }
+    store
+        .cluster_create(project, &Name::parse("c", "c1")?, 2, None)
+        .await?;
+    if seed > 0 {
+        seed_accounts(&gdir.join("gatehouse.db"), seed).await?;
+    }
+    drop(store);
+    let child = Command::new(std::env::current_exe()?)
+        .arg("--serve-gateway")
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()?;
+    wait_port(port)?;
+    Ok((Proc(child), port))
+}
+
+/// Fills the account base: `n` accounts with two keys each, in one
+/// transaction. The keys are random stand-ins: only their fingerprints are
+/// looked up at login.
+async fn seed_accounts(db: &Path, n: usize) -> Result<()> {
+    use base64::Engine;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", db.display())).await?;
+    let mut tx = pool.begin().await?;
+    let now = gatehouse::store::now_ms();
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let mut accounts = String::from(
+            "INSERT INTO accounts (id, email, email_norm, login, disabled, created_at) VALUES ",
+        );
+        let mut keys = String::from(
+            "INSERT INTO ssh_keys (account_id, fingerprint, algorithm, public_key, comment, created_at) VALUES ",
+        );
+        for (j, i) in chunk.iter().enumerate() {
+            let id = 1_000_000 + i;
+            let sep = if j == 0 { "" } else { "," };
+            accounts.push_str(&format!(
+                "{sep}({id}, 'u{i}@seed.example', 'u{i}@seed.example', 'u{i}', 0, {now})"
+            ));
+            for k in 0..2 {
+                let fp = b64.encode(rand::random::<[u8; 32]>());
+                let sep = if j == 0 && k == 0 { "" } else { "," };
+                keys.push_str(&format!(
+                    "{sep}({id}, 'SHA256:{fp}', 'ssh-ed25519', 'ssh-ed25519 seed', 'seed', {now})"
+                ));
+            }
+        }
+        sqlx::query(sqlx::AssertSqlSafe(accounts))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(keys))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    pool.close().await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- targets
+
+/// Counts bytes until the sender closes, then reports the total.
+fn sink_server() -> Result<(u16, std::sync::mpsc::Receiver<(u64, Instant)>)> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 18];
+                let mut n = 0u64;
+                while let Ok(k) = conn.read(&mut buf) {
+                    if k == 0 {
+                        break;
+                    }
+                    n += k as u64;
+                }
+                // Readiness probes of the tunnel connect and send nothing.
+                if n > 0 {
+                    let _ = tx.send((n, Instant::now()));
+                }
+            });
+        }
+    });
+    Ok((port, rx))
+}
+
+fn echo_server() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_nodelay(true);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(k) = conn.read(&mut buf) {
+                    if k == 0 || conn.write_all(&buf[..k]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+// ---------------------------------------------------------------- the client
+
+struct Target {
+    name: &'static str,
+    port: u16,
+    /// Host names the forwards use on this server.
+    sink_host: String,
+    echo_host: String,
+    /// The command for connection setup.
+    command: &'static str,
+    pid: u32,
+}
+
+fn ssh_base(dir: &Path, cipher: &str, port: u16) -> Command {
+    let mut c = Command::new("ssh");
+    c.args([
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+    ])
+    .args([
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "IdentityAgent=none",
+        "-o",
+        "BatchMode=yes",
+    ])
+    .args([
+        "-o",
+        "ControlMaster=no",
+        "-o",
+        "ControlPath=none",
+        "-c",
+        cipher,
+    ])
+    .arg("-i")
+    .arg(dir.join("client_key"))
+    .args(["-p", &port.to_string()])
+    .arg(format!("{}@127.0.0.1", user()));
+    c
+}
+
+/// `ssh -N -L LOCAL:HOST:PORT`, ready once LOCAL accepts.
+fn tunnel(dir: &Path, cipher: &str, t: &Target, host: &str, port: u16) -> Result<(Proc, u16)> {
+    let local = free_port()?;
+    let mut c = ssh_base(dir, cipher, t.port);
+    c.args([
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-L",
+        &format!("{local}:{host}:{port}"),
+    ]);
+    let child = c.stdin(Stdio::null()).spawn()?;
+    wait_port(local)?;
+    Ok((Proc(child), local))
+}
+
+fn throughput(
+    dir: &Path,
+    cipher: &str,
+    t: &Target,
+    sink: (u16, &std::sync::mpsc::Receiver<(u64, Instant)>),
+    bytes: u64,
+) -> Result<f64> {
+    let (_tunnel, local) = tunnel(dir, cipher, t, &t.sink_host, sink.0)?;
+    let mut s = TcpStream::connect(("127.0.0.1", local))?;
+    let block = vec![0x5au8; 1 << 20];
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < bytes {
+        let n = block.len().min((bytes - sent) as usize);
+        s.write_all(&block[..n])?;
+        sent += n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let (got, end) = sink.1.recv_timeout(Duration::from_secs(600))?;
+    if got != bytes {
+        bail!("{}: sink got {got} of {bytes} bytes", t.name);
+    }
+    Ok(bytes as f64 / 1e6 / end.duration_since(start).as_secs_f64())
+}
+
+fn round_trips(dir: &Path, cipher: &str, t: &Target, echo: u16, count: usize) -> Result<Vec<f64>> {
+    let (_tunnel, local) = tunnel(dir, cipher, t, &t.echo_host, echo)?;
+    let mut s = TcpStream::connect(("127.0.0.1", local))?;
+    s.set_nodelay(true)?;
+    let msg = [0x42u8; 64];
+    let mut back = [0u8; 64];
+    for _ in 0..20 {
+        s.write_all(&msg)?;
+        s.read_exact(&mut back)?;
+    }
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = Instant::now();
+        s.write_all(&msg)?;
+        s.read_exact(&mut back)?;
+        out.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(out)
+}
+
+fn setup_once(dir: &Path, cipher: &str, t: &Target) -> Result<f64> {
+    let mut c = ssh_base(dir, cipher, t.port);
+    c.arg(t.command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let start = Instant::now();
+    let st = c.status()?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if !st.success() {
+        bail!("{}: `ssh {}` failed: {st}", t.name, t.command);
+    }
+    Ok(ms)
+}
+
+// ---------------------------------------------------------------- sessions
+
+struct Quiet;
+
+impl russh::client::Handler for Quiet {
+    type Error = russh::Error;
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+type Session = russh::client::Handle<Quiet>;
+
+/// Opens `n` authenticated, idle sessions, `parallel` handshakes at a time.
+async fn open_sessions(
+    port: u16,
+    key: Arc<russh::keys::PrivateKey>,
+    n: usize,
+    parallel: usize,
+) -> Vec<Session> {
+    let config = Arc::new(russh::client::Config {
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Owned(vec![russh::cipher::AES_256_GCM]),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let user = user();
+    let mut out = Vec::with_capacity(n);
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(parallel);
+        left -= batch;
+        let mut tasks = Vec::new();
+        for _ in 0..batch {
+            let (config, key, user) = (config.clone(), key.clone(), user.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut h = russh::client::connect(config, ("127.0.0.1", port), Quiet)
+                    .await
+                    .ok()?;
+                let auth = h
+                    .authenticate_publickey(
+                        user,
+                        russh::keys::PrivateKeyWithHashAlg::new(key, None),
+                    )
+                    .await
+                    .ok()?;
+                auth.success().then_some(h)
+            }));
+        }
+        for t in tasks {
+            if let Ok(Some(h)) = t.await {
+                out.push(h);
+            }
+        }
+    }
+    out
+}
+
+/// Resident memory of `pid` and all its descendants, in KiB.
+fn tree_rss_kib(pid: u32) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![pid];
+    let mut all: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+                let ppid = stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok());
+                if let Some(ppid) = ppid {
+                    all.push((p, ppid));
+                }
+            }
+        }
+    }
+    while let Some(p) = stack.pop() {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) {
+            total += status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        stack.extend(all.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+    }
+    total
+}
+
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+}
+
+// ---------------------------------------------------------------- the run
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    }
+}
+
+struct Row {
+    metric: String,
+    openssh: f64,
+    gatehouse: f64,
+    unit: &'static str,
+    better: &'static str,
+}
+
+async fn run(args: &Args) -> Result<String> {
+    let dir = tempfile::Builder::new()
+        .prefix("gatehouse-bench")
+        .tempdir()?;
+    let d = dir.path();
+    keygen(&d.join("client_key"))?;
+    let client_pub = d.join("client_key.pub");
+    let (sink_port, sink_rx) = sink_server()?;
+    let echo = echo_server()?;
+    let (sshd, sshd_port) = start_sshd(d, &client_pub)?;
+    let (gh, gh_port) = start_gatehouse(d, "gw", &client_pub, sink_port, echo, 0).await?;
+    let o = Target {
+        name: "OpenSSH",
+        port: sshd_port,
+        sink_host: "127.0.0.1".into(),
+        echo_host: "127.0.0.1".into(),
+        command: "true",
+        pid: sshd.0.id(),
+    };
+    let g = Target {
+        name: "gatehouse",
+        port: gh_port,
+        sink_host: "sink.c1".into(),
+        echo_host: "echo.c1".into(),
+        command: "whoami",
+        pid: gh.0.id(),
+    };
+    let both = [&o, &g];
+    let mut rows = Vec::new();
+    let c = &args.cipher;
+
+    // Throughput, alternating.
+    let bytes = args.throughput_mib * 1024 * 1024;
+    let mut tp = [Vec::new(), Vec::new()];
+    for _ in 0..args.runs {
+        for (i, t) in both.iter().enumerate() {
+            tp[i].push(throughput(d, c, t, (sink_port, &sink_rx), bytes)?);
+        }
+    }
+    rows.push(Row {
+        metric: format!("throughput through `ssh -L`, {} MiB", args.throughput_mib),
+        openssh: median(&mut tp[0]),
+        gatehouse: median(&mut tp[1]),
+        unit: "MB/s",
+        better: "higher",
+    });
+
+    // Round trips, alternating in halves.
+    let mut rt = [Vec::new(), Vec::new()];
+    for _ in 0..2 {
+        for (i, t) in both.iter().enumerate() {
+            rt[i].extend(round_trips(d, c, t, echo, args.rtt_count / 2)?);
+        }
+    }
+    rows.push(Row {
+        metric: format!("64-byte round trip through `ssh -L` ({} each)", rt[0].len()),
+        openssh: median(&mut rt[0]),
+        gatehouse: median(&mut rt[1]),
+        unit: "µs",
+        better: "lower",
+    });
+
+    // Connection setup, alternating.
+    let mut su = [Vec::new(), Vec::new()];
+    for _ in 0..args.setup_count {
+        for (i, t) in both.iter().enumerate() {
+            su[i].push(setup_once(d, c, t)?);
+        }
+    }
+    rows.push(Row {
+        metric: format!("connection setup, `ssh gw CMD` ({} each)", args.setup_count),
+        openssh: median(&mut su[0]),
+        gatehouse: median(&mut su[1]),
+        unit: "ms",
+        better: "lower",
+    });
+
+    // Memory per idle session, and sessions held.
+    let key = Arc::new(russh::keys::load_secret_key(d.join("client_key"), None)?);
+    for &n in &args.sessions {
+        let mut per = [0.0, 0.0];
+        for (i, t) in both.iter().enumerate() {
+            settle().await;
+            let before = tree_rss_kib(t.pid);
+            let held = open_sessions(t.port, key.clone(), n, 50).await;
+            settle().await;
+            let after = tree_rss_kib(t.pid);
+            per[i] = after.saturating_sub(before) as f64 / held.len().max(1) as f64;
+            drop(held);
+        }
+        rows.push(Row {
+            metric: format!("memory per idle session at {n} sessions"),
+            openssh: per[0],
+            gatehouse: per[1],
+            unit: "KiB",
+            better: "lower",
+        });
+    }
+    let mut held = [0.0, 0.0];
+    for (i, t) in both.iter().enumerate() {
+        settle().await;
+        let sessions = open_sessions(t.port, key.clone(), args.max_sessions, 100).await;
+        held[i] = sessions.len() as f64;
+        drop(sessions);
+    }
+    rows.push(Row {
+        metric: format!("concurrent sessions held (of {} tried)", args.max_sessions),
+        openssh: held[0],
+        gatehouse: held[1],
+        unit: "sessions",
+        better: "higher",
+    });
+    drop(gh);
+
+    // Authentication against a large account base.
+    let mut scale_line = String::new();
+    if args.auth_scale_accounts > 0 {
+        let (small, small_port) =
+            start_gatehouse(d, "small", &client_pub, sink_port, echo, 9).await?;
+        let (big, big_port) = start_gatehouse(
+            d,
+            "big",
+            &client_pub,
+            sink_port,
+            echo,
+            args.auth_scale_accounts,
+        )
+        .await?;
+        let ts = Target {
+            port: small_port,
+            pid: small.0.id(),
+            ..clone_target(&g)
+        };
+        let tb = Target {
+            port: big_port,
+            pid: big.0.id(),
+            ..clone_target(&g)
+        };
+        let mut s = [Vec::new(), Vec::new()];
+        for _ in 0..args.setup_count {
+            s[0].push(setup_once(d, c, &ts)?);
+            s[1].push(setup_once(d, c, &tb)?);
+        }
+        let (ms_small, ms_big) = (median(&mut s[0]), median(&mut s[1]));
+        scale_line = format!(
+            "Connection setup with {} accounts / {} keys: {ms_big:.1} ms, against {ms_small:.1} ms with 10 accounts: {:+.1}%.\n",
+            args.auth_scale_accounts,
+            args.auth_scale_accounts * 2,
+            (ms_big / ms_small - 1.0) * 100.0
+        );
+    }
+    drop(sshd);
+    Ok(render(&rows, &scale_line, args))
+}
+
+fn clone_target(t: &Target) -> Target {
+    Target {
+        name: t.name,
+        port: t.port,
+        sink_host: t.sink_host.clone(),
+        echo_host: t.echo_host.clone(),
+        command: t.command,
+        pid: t.pid,
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kib| format!("{:.0} GiB", kib as f64 / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let ssh = Command::new("ssh")
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cores} cores ({cpu}), {mem} memory, Linux {}, client and sshd: {ssh}",
+        kernel.trim()
+    )
+}
+
+fn render(rows: &[Row], scale_line: &str, args: &Args) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "Run on {}; {}. Cipher {}, both servers on loopback, runs alternating.{}\n\n",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        machine(),
+        args.cipher,
+        if args.quick {
+            " QUICK SMOKE RUN: sizes too small to mean anything."
+        } else {
+            ""
+        }
+    ));
+    out.push_str("| figure (median) | OpenSSH sshd | gatehouse | gatehouse / OpenSSH | better |\n|---|---:|---:|---:|---|\n");
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {:.1} {} | {:.1} {} | {:.2} | {} |\n",
+            r.metric,
+            r.openssh,
+            r.unit,
+            r.gatehouse,
+            r.unit,
+            r.gatehouse / r.openssh,
+            r.better
+        ));
+    }
+    if !scale_line.is_empty() {
+        out.push('\n');
+        out.push_str(scale_line);
+    }
+    out
+}
+
+const START: &str = "<!-- bench:start -->";
+const END: &str = "<!-- bench:end -->";
+
+/// Replaces the table between the markers, keeping the notes around it.
+fn write_report(path: &Path, report: &str) -> Result<()> {
+    let old = std::fs::read_to_string(path)
+        .unwrap_or_else(|_| format!("# Benchmarks\n\n{START}\n{END}\n"));
+    let new = match (old.find(START), old.find(END)) {
+        (Some(a), Some(b)) if a < b => format!("{}{START}\n{report}{}", &old[..a], &old[b..]),
+        _ => format!("{old}\n{START}\n{report}{END}\n"),
+    };
+    std::fs::write(path, new)?;
+    Ok(())
+}
