@@ -121,12 +121,51 @@ fn keygen(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The login used on both servers. As root, a system user with /bin/sh as
+/// its shell: sshd runs every command through the user's shell, and root's
+/// ~/.bashrc (sourced by bash under sshd) would otherwise be timed as part
+/// of OpenSSH's connection setup.
 fn user() -> String {
-    Command::new("id")
+    const BENCH_USER: &str = "gatehouse-bench";
+    let me = Command::new("id")
         .arg("-un")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|_| "root".into())
+        .unwrap_or_else(|_| "root".into());
+    if me != "root" {
+        return me;
+    }
+    let exists = Command::new("id")
+        .arg(BENCH_USER)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !exists {
+        let made = Command::new("useradd")
+            .args([
+                "--system",
+                "--shell",
+                "/bin/sh",
+                "--home-dir",
+                "/nonexistent",
+                "--no-create-home",
+                BENCH_USER,
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !made {
+            return me;
+        }
+    }
+    // useradd locks the password ("!"), and sshd without PAM refuses locked
+    // accounts even for keys; "*" means no password, not locked.
+    let unlocked = Command::new("usermod")
+        .args(["-p", "*", BENCH_USER])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !unlocked {
+        return me;
+    }
+    BENCH_USER.to_string()
 }
 
 fn start_sshd(dir: &Path, client_pub: &Path) -> Result<(Proc, u16)> {
@@ -155,13 +194,19 @@ fn start_sshd(dir: &Path, client_pub: &Path) -> Result<(Proc, u16)> {
         let text = std::fs::read_to_string(&config)?.replace("PerSourcePenalties no\n", "");
         std::fs::write(&config, text)?;
     }
+    let log = dir.join("sshd.log");
     let child = Command::new("/usr/sbin/sshd")
         .args(["-D", "-e", "-f"])
         .arg(&config)
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
         .spawn()
         .context("cannot start /usr/sbin/sshd (apt-get install openssh-server)")?;
-    wait_port(port)?;
+    wait_port(port).with_context(|| {
+        format!(
+            "sshd did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    })?;
     Ok((Proc(child), port))
 }
 
@@ -217,12 +262,18 @@ async fn start_gatehouse(
         seed_accounts(&gdir.join("gatehouse.db"), seed).await?;
     }
     drop(store);
+    let log = gdir.join("gateway.log");
     let child = Command::new(std::env::current_exe()?)
         .arg("--serve-gateway")
         .arg(&config)
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
         .spawn()?;
-    wait_port(port)?;
+    wait_port(port).with_context(|| {
+        format!(
+            "gatehouse did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    })?;
     Ok((Proc(child), port))
 }
 
@@ -505,8 +556,10 @@ async fn open_sessions(
     out
 }
 
-/// Resident memory of `pid` and all its descendants, in KiB.
-fn tree_rss_kib(pid: u32) -> u64 {
+/// Memory of `pid` and all its descendants, in KiB: the proportional set
+/// size, so pages shared between sshd's per-connection processes count once
+/// in total rather than once per process.
+fn tree_pss_kib(pid: u32) -> u64 {
     let mut total = 0;
     let mut stack = vec![pid];
     let mut all: Vec<(u32, u32)> = Vec::new();
@@ -528,10 +581,10 @@ fn tree_rss_kib(pid: u32) -> u64 {
         }
     }
     while let Some(p) = stack.pop() {
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")) {
             total += status
                 .lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with("Pss:"))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0);
@@ -573,6 +626,11 @@ async fn run(args: &Args) -> Result<String> {
         .prefix("gatehouse-bench")
         .tempdir()?;
     let d = dir.path();
+    // sshd reads authorized_keys as the login user, who must reach the folder.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+    }
     keygen(&d.join("client_key"))?;
     let client_pub = d.join("client_key.pub");
     let (sink_port, sink_rx) = sink_server()?;
@@ -651,10 +709,10 @@ async fn run(args: &Args) -> Result<String> {
         let mut per = [0.0, 0.0];
         for (i, t) in both.iter().enumerate() {
             settle().await;
-            let before = tree_rss_kib(t.pid);
+            let before = tree_pss_kib(t.pid);
             let held = open_sessions(t.port, key.clone(), n, 50).await;
             settle().await;
-            let after = tree_rss_kib(t.pid);
+            let after = tree_pss_kib(t.pid);
             per[i] = after.saturating_sub(before) as f64 / held.len().max(1) as f64;
             drop(held);
         }
