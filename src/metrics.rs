@@ -171,15 +171,10 @@ impl Metrics {
         self.bytes_from_target.inc_by(n);
     }
 
-    pub fn command(&self, word: &str, code: u32) {
-        // Only known command words become label values: user input must not
-        // grow the label set without bound.
-        let known = crate::commands::grammar::completions(&[]);
-        let command = if known.iter().any(|k| k == word) {
-            word
-        } else {
-            "other"
-        };
+    /// Counts a command by its name (`cluster delete`; `invalid` when it did
+    /// not parse). Names come from the grammar, never from user input, so
+    /// the label set stays bounded. Denials are counted by the same name.
+    pub fn command(&self, name: &str, code: u32) {
         let outcome = match code {
             0 => "ok",
             2 => "usage",
@@ -188,12 +183,12 @@ impl Metrics {
         };
         self.commands
             .get_or_create(&CommandLabels {
-                command: command.into(),
+                command: name.into(),
                 outcome: outcome.into(),
             })
             .inc();
         if code == 3 {
-            self.denial("command");
+            self.denial(name);
         }
     }
 
@@ -230,11 +225,23 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Store) {
         let metrics = metrics.clone();
         let store = store.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            let read =
-                tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await;
-            let Ok(Ok(n)) = read else { return };
-            let req = String::from_utf8_lossy(&buf[..n]);
+            // Read the request head: it may arrive in several pieces.
+            let mut buf = Vec::with_capacity(1024);
+            let head = async {
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                true
+            };
+            let Ok(true) = tokio::time::timeout(std::time::Duration::from_secs(5), head).await
+            else {
+                return;
+            };
+            let req = String::from_utf8_lossy(&buf);
             let path = req.split_whitespace().nth(1).unwrap_or("/");
             let (status, body, ctype) = match path {
                 "/metrics" => (

@@ -280,10 +280,7 @@ fn keys() {
     assert_eq!(
         gw.cli(&["key", "list", "alice@example.com", "--json"])
             .ok()
-            .json()
-            .as_array()
-            .unwrap()
-            .len(),
+            .count(),
         2
     );
 }
@@ -425,21 +422,10 @@ fn projects_nodes_and_audit() {
     assert_eq!(
         gw.cli(&["audit", "--project", "train-a", "--json"])
             .ok()
-            .json()
-            .as_array()
-            .unwrap()
-            .len(),
+            .count(),
         1
     );
-    assert_eq!(
-        gw.cli(&["audit", "--limit", "1", "--json"])
-            .ok()
-            .json()
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(gw.cli(&["audit", "--limit", "1", "--json"]).ok().count(), 1);
     gw.cli(&["audit", "--limit", "0"]).fails(2, "invalid limit");
     gw.cli(&["audit", "--limit", "x"]).fails(2, "invalid limit");
     assert!(gw.cli(&["audit"]).ok().stdout.starts_with("TIME"));
@@ -544,22 +530,11 @@ fn race(gw: &Gateway) {
         }
         assert_eq!(wins, 1);
     }
-    assert_eq!(
-        gw.cli(&["account", "list", "--json"])
-            .ok()
-            .json()
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(gw.cli(&["account", "list", "--json"]).ok().count(), 1);
     assert_eq!(
         gw.cli(&["key", "list", "same@example.com", "--json"])
             .ok()
-            .json()
-            .as_array()
-            .unwrap()
-            .len(),
+            .count(),
         1
     );
 }

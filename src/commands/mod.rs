@@ -71,7 +71,7 @@ pub struct Ctx<'a> {
 }
 
 /// The result of one command line.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Response {
     pub stdout: String,
     /// One line, already prefixed `error: ` or `permission denied: `.
@@ -82,6 +82,23 @@ pub struct Response {
     /// `use PROJECT` succeeded.
     pub switch_project: Option<String>,
     pub exit: bool,
+    /// The command's name (`cluster delete`), or `invalid` when it did not
+    /// parse: a bounded label for metrics.
+    pub command: &'static str,
+}
+
+impl Default for Response {
+    fn default() -> Self {
+        Response {
+            stdout: String::new(),
+            stderr: None,
+            code: 0,
+            confirm: None,
+            switch_project: None,
+            exit: false,
+            command: "invalid",
+        }
+    }
 }
 
 /// What a command produced when it succeeded.
@@ -309,33 +326,23 @@ pub async fn execute(ctx: &Ctx<'_>, words: &[String], confirmed: bool) -> Respon
             };
         }
         Err(e) => {
-            audit(ctx, None, &line, "", Err(&e)).await;
+            audit(ctx, None, &line, "", Some(&e)).await;
             return error_response(e, json_wanted);
         }
     };
     let mut scope_name = None;
     let result = dispatch(ctx, &parsed, confirmed, &mut scope_name).await;
-    if matches!(result, Ok(Reply::Confirm(_))) {
-        return Response {
-            confirm: match result {
-                Ok(Reply::Confirm(q)) => Some(q),
-                _ => None,
-            },
-            ..Response::default()
-        };
-    }
+    let command = label(&parsed.command);
     let target = target_of(&parsed.command);
-    match result {
+    let mut response = match result {
+        // Nothing has happened yet; the run after the answer is audited.
+        Ok(Reply::Confirm(question)) => Response {
+            confirm: Some(question),
+            ..Response::default()
+        },
         Ok(reply) => {
             if !matches!(parsed.command, Cmd::Use { .. } | Cmd::Exit) {
-                audit(
-                    ctx,
-                    scope_name.as_deref(),
-                    &line,
-                    &target,
-                    Ok(label(&parsed.command)),
-                )
-                .await;
+                audit(ctx, scope_name.as_deref(), &line, &target, None).await;
             }
             match reply {
                 Reply::Text(stdout) => Response {
@@ -350,14 +357,16 @@ pub async fn execute(ctx: &Ctx<'_>, words: &[String], confirmed: bool) -> Respon
                     exit: true,
                     ..Response::default()
                 },
-                Reply::Confirm(_) => Response::default(),
+                Reply::Confirm(_) => unreachable!("handled above"),
             }
         }
         Err(e) => {
-            audit(ctx, scope_name.as_deref(), &line, &target, Err(&e)).await;
+            audit(ctx, scope_name.as_deref(), &line, &target, Some(&e)).await;
             error_response(e, parsed.json)
         }
-    }
+    };
+    response.command = command;
+    response
 }
 
 fn error_response(e: CmdError, as_json: bool) -> Response {
@@ -410,17 +419,18 @@ fn target_of(cmd: &Cmd) -> String {
     }
 }
 
+/// Records one command as an audit event; `error` is how it failed, if it did.
 async fn audit(
     ctx: &Ctx<'_>,
     project: Option<&str>,
     line: &str,
     target: &str,
-    result: Result<&str, &CmdError>,
+    error: Option<&CmdError>,
 ) {
-    let (outcome, detail) = match result {
-        Ok(_) => (Outcome::Ok, String::new()),
-        Err(e @ CmdError::Denied(_)) => (Outcome::Denied, e.line()),
-        Err(e) => (Outcome::Failed, e.line()),
+    let (outcome, detail) = match error {
+        None => (Outcome::Ok, String::new()),
+        Some(e @ CmdError::Denied(_)) => (Outcome::Denied, e.line()),
+        Some(e) => (Outcome::Failed, e.line()),
     };
     let event = Event {
         actor: ctx.account.login.clone(),

@@ -138,9 +138,7 @@ async fn exec(
             cancelled()
         };
     }
-    conn.shared
-        .metrics
-        .command(words.first().map(String::as_str).unwrap_or(""), r.code);
+    conn.shared.metrics.command(r.command, r.code);
     write(channel, &r, tty).await;
     r.code
 }
@@ -272,7 +270,7 @@ async fn batch_line(
     };
     let c = ctx(conn, current.as_deref(), false, None);
     let r = execute(&c, &words, false).await;
-    conn.shared.metrics.command(&words[0], r.code);
+    conn.shared.metrics.command(r.command, r.code);
     if let Some(p) = &r.switch_project {
         *current = Some(p.clone());
         conn.set_channel(channel.id(), ChannelKind::Shell, current.clone());
@@ -404,7 +402,7 @@ impl<'a> Shell<'a> {
     async fn execute(&self, words: &[String], confirmed: bool) -> Response {
         let c = ctx(self.conn, self.project.as_deref(), true, None);
         let r = execute(&c, words, confirmed).await;
-        self.conn.shared.metrics.command(&words[0], r.code);
+        self.conn.shared.metrics.command(r.command, r.code);
         r
     }
 

@@ -168,6 +168,15 @@ impl Run {
         self
     }
 
+    /// The length of the JSON array on stdout.
+    #[track_caller]
+    pub fn count(&self) -> usize {
+        self.json()
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or_else(|| panic!("stdout is not a JSON array: {self:?}"))
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
@@ -567,7 +576,7 @@ impl Postgres {
             .next_db
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("gh{n}");
-        let out = Command::new(self.bin.join("psql"))
+        let out = Command::new("psql")
             .args([
                 "-h",
                 "127.0.0.1",
@@ -579,20 +588,6 @@ impl Postgres {
             ])
             .arg(format!("CREATE DATABASE {name}"))
             .output()
-            .or_else(|_| {
-                Command::new("psql")
-                    .args([
-                        "-h",
-                        "127.0.0.1",
-                        "-p",
-                        &self.port.to_string(),
-                        "-U",
-                        "postgres",
-                        "-c",
-                    ])
-                    .arg(format!("CREATE DATABASE {name}"))
-                    .output()
-            })
             .expect("psql");
         assert!(
             out.status.success(),
