@@ -31,6 +31,8 @@ pub struct Server {
     /// How long SIGTERM waits for forwards to drain before closing them.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// Worker threads, each serving whole connections; 0 means one per CPU.
+    pub workers: usize,
 }
 
 impl Default for Server {
@@ -39,6 +41,7 @@ impl Default for Server {
             listen: "0.0.0.0:2222".into(),
             host_key: "../data/host_ed25519".into(),
             shutdown_grace: Duration::from_secs(10),
+            workers: 0,
         }
     }
 }

@@ -52,6 +52,9 @@ struct Args {
     /// Tiny sizes, for the smoke test
     #[arg(long)]
     quick: bool,
+    /// Measure only these: throughput, rtt, setup, memory, sessions, auth
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     #[arg(long, hide = true)]
     serve_gateway: Option<PathBuf>,
 }
@@ -656,11 +659,16 @@ async fn run(args: &Args) -> Result<String> {
     let both = [&o, &g];
     let mut rows = Vec::new();
     let c = &args.cipher;
+    let want = |what: &str| args.only.is_empty() || args.only.iter().any(|o| o == what);
 
     // Throughput, alternating.
-    let bytes = args.throughput_mib * 1024 * 1024;
+    let bytes = if want("throughput") {
+        args.throughput_mib * 1024 * 1024
+    } else {
+        0
+    };
     let mut tp = [Vec::new(), Vec::new()];
-    for _ in 0..args.runs {
+    for _ in 0..if bytes > 0 { args.runs } else { 0 } {
         for (i, t) in both.iter().enumerate() {
             tp[i].push(throughput(d, c, t, (sink_port, &sink_rx), bytes)?);
         }
@@ -675,7 +683,7 @@ async fn run(args: &Args) -> Result<String> {
 
     // Round trips, alternating in halves.
     let mut rt = [Vec::new(), Vec::new()];
-    for _ in 0..2 {
+    for _ in 0..if want("rtt") { 2 } else { 0 } {
         for (i, t) in both.iter().enumerate() {
             rt[i].extend(round_trips(d, c, t, echo, args.rtt_count / 2)?);
         }
@@ -690,7 +698,7 @@ async fn run(args: &Args) -> Result<String> {
 
     // Connection setup, alternating.
     let mut su = [Vec::new(), Vec::new()];
-    for _ in 0..args.setup_count {
+    for _ in 0..if want("setup") { args.setup_count } else { 0 } {
         for (i, t) in both.iter().enumerate() {
             su[i].push(setup_once(d, c, t)?);
         }
@@ -705,7 +713,11 @@ async fn run(args: &Args) -> Result<String> {
 
     // Memory per idle session, and sessions held.
     let key = Arc::new(russh::keys::load_secret_key(d.join("client_key"), None)?);
-    for &n in &args.sessions {
+    for &n in if want("memory") {
+        &args.sessions[..]
+    } else {
+        &[]
+    } {
         let mut per = [0.0, 0.0];
         for (i, t) in both.iter().enumerate() {
             settle().await;
@@ -724,8 +736,8 @@ async fn run(args: &Args) -> Result<String> {
             better: "lower",
         });
     }
-    let mut held = [0.0, 0.0];
-    for (i, t) in both.iter().enumerate() {
+    let mut held = [f64::NAN, f64::NAN];
+    for (i, t) in both.iter().enumerate().filter(|_| want("sessions")) {
         settle().await;
         let sessions = open_sessions(t.port, key.clone(), args.max_sessions, 100).await;
         held[i] = sessions.len() as f64;
@@ -742,7 +754,7 @@ async fn run(args: &Args) -> Result<String> {
 
     // Authentication against a large account base.
     let mut scale_line = String::new();
-    if args.auth_scale_accounts > 0 {
+    if args.auth_scale_accounts > 0 && want("auth") {
         let (small, small_port) =
             start_gatehouse(d, "small", &client_pub, sink_port, echo, 9).await?;
         let (big, big_port) = start_gatehouse(

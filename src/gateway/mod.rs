@@ -32,7 +32,7 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     pub config: Config,
     pub metrics: Arc<Metrics>,
-    pub penalties: penalty::Penalties,
+    pub penalties: Arc<penalty::Penalties>,
 }
 
 /// An authenticated connection, as channels see it.
@@ -191,12 +191,107 @@ fn russh_config(config: &Config, key: PrivateKey) -> russh::server::Config {
     }
 }
 
+/// A worker: one thread with its own single-threaded runtime. A
+/// connection lives on one worker from accept to close, so its session,
+/// channel and forward tasks never hop between threads: on the forwarding
+/// hot path that is worth a third of the throughput (see BENCHMARKS.md).
+struct Worker {
+    conns: tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, std::net::SocketAddr)>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// What a worker's connections share; each worker has its own database
+/// pool, since a pool's sockets belong to the runtime that opened them.
+struct Common {
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    penalties: Arc<penalty::Penalties>,
+    config: Config,
+    ssh_config: Arc<russh::server::Config>,
+    open: Arc<AtomicUsize>,
+}
+
+fn start_worker(
+    index: usize,
+    common: &Common,
+    exit: tokio::sync::watch::Receiver<bool>,
+    ready: tokio::sync::mpsc::UnboundedSender<Result<()>>,
+) -> Result<Worker> {
+    let (conns, mut incoming) =
+        tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, std::net::SocketAddr)>();
+    let (registry, metrics, penalties) = (
+        common.registry.clone(),
+        common.metrics.clone(),
+        common.penalties.clone(),
+    );
+    let (config, ssh_config, open) = (
+        common.config.clone(),
+        common.ssh_config.clone(),
+        common.open.clone(),
+    );
+    let thread = std::thread::Builder::new()
+        .name(format!("gatehouse-{index}"))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = ready.send(Err(e.into()));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let pool_size = (config.database.max_connections / 2).max(2);
+                let store = match Store::connect(&config.database.url, pool_size).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                let shared = Arc::new(Shared {
+                    store,
+                    registry,
+                    penalties,
+                    metrics,
+                    config,
+                });
+                let _ = ready.send(Ok(()));
+                let mut exit = exit;
+                loop {
+                    tokio::select! {
+                        _ = exit.wait_for(|e| *e) => break,
+                        next = incoming.recv() => {
+                            let Some((sock, peer)) = next else { break };
+                            let sock = match tokio::net::TcpStream::from_std(sock) {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot adopt an accepted connection");
+                                    open.fetch_sub(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                            };
+                            let (shared, ssh_config, open) = (shared.clone(), ssh_config.clone(), open.clone());
+                            tokio::spawn(async move {
+                                connection(shared, ssh_config, sock, peer).await;
+                                open.fetch_sub(1, Ordering::Relaxed);
+                            });
+                        }
+                    }
+                }
+                // Connections still open when the runtime drops are cut.
+            });
+        })
+        .context("cannot start a worker thread")?;
+    Ok(Worker { conns, thread })
+}
+
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> Result<()> {
     init_logging(&config);
     let key = host_key(&config.server.host_key)?;
     let addr = config.listen_addr()?;
-    let store = Store::connect(&config.database.url, config.database.max_connections).await?;
+    // Migrates the schema once, before the workers open their pools.
+    let store = Store::connect(&config.database.url, 2).await?;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -209,20 +304,36 @@ pub async fn serve(config: Config) -> Result<()> {
     }
     let registry = Registry::new();
     let follower = tokio::spawn(registry.clone().follow(store.clone()));
-    let shared = Arc::new(Shared {
-        store,
-        registry,
-        penalties: penalty::Penalties::new(&config.limits),
-        metrics,
+    let common = Common {
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        penalties: Arc::new(penalty::Penalties::new(&config.limits)),
         config: config.clone(),
-    });
-    let ssh_config = Arc::new(russh_config(&config, key));
-    tracing::info!(listen = %listener.local_addr()?, "gatehouse listening");
+        ssh_config: Arc::new(russh_config(&config, key)),
+        open: Arc::new(AtomicUsize::new(0)),
+    };
+    let count = match config.server.workers {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    };
+    let (exit_tx, exit_rx) = tokio::sync::watch::channel(false);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut workers = Vec::with_capacity(count);
+    for i in 0..count {
+        workers.push(start_worker(i, &common, exit_rx.clone(), ready_tx.clone())?);
+    }
+    for _ in 0..count {
+        let ready = tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await;
+        ready.ok().flatten().context("a worker did not start")??;
+    }
+    tracing::info!(listen = %listener.local_addr()?, workers = count, "gatehouse listening");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
-    let open = Arc::new(AtomicUsize::new(0));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot catch SIGTERM")?;
+    let mut next = 0usize;
     loop {
         let (sock, peer) = tokio::select! {
             _ = term.recv() => break,
@@ -236,29 +347,35 @@ pub async fn serve(config: Config) -> Result<()> {
                 }
             },
         };
-        if let Some(left) = shared.penalties.refused(peer.ip()) {
+        if let Some(left) = common.penalties.refused(peer.ip()) {
             tracing::info!(source = %peer, left = ?left, "connection refused: address on penalty");
-            shared.metrics.denial("penalty");
+            metrics.denial("penalty");
             continue;
         }
-        if open.load(Ordering::Relaxed) >= config.limits.max_connections {
+        if common.open.load(Ordering::Relaxed) >= config.limits.max_connections {
             tracing::warn!(source = %peer, max = config.limits.max_connections, "connection refused: too many connections");
-            shared.metrics.denial("max_connections");
+            metrics.denial("max_connections");
             continue;
         }
         let _ = sock.set_nodelay(true);
-        open.fetch_add(1, Ordering::Relaxed);
-        let shared = shared.clone();
-        let ssh_config = ssh_config.clone();
-        let open = open.clone();
-        tokio::spawn(async move {
-            connection(shared, ssh_config, sock, peer).await;
-            open.fetch_sub(1, Ordering::Relaxed);
-        });
+        let Ok(sock) = sock.into_std() else { continue };
+        common.open.fetch_add(1, Ordering::Relaxed);
+        // Round robin: connections are alike until authenticated.
+        if workers[next % count].conns.send((sock, peer)).is_err() {
+            common.open.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!(worker = next % count, "a worker is gone");
+        }
+        next = next.wrapping_add(1);
     }
     drop(listener);
-    shutdown(&shared).await;
+    shutdown(&registry, config.server.shutdown_grace).await;
     follower.abort();
+    let _ = exit_tx.send(true);
+    for w in workers {
+        drop(w.conns);
+        let _ = tokio::task::spawn_blocking(move || w.thread.join()).await;
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -294,12 +411,11 @@ async fn connection(
     timer.abort();
 }
 
-/// Stops gracefully: shells are told, forwards get the configured time to
-/// finish, then everything is closed.
-async fn shutdown(shared: &Shared) {
-    let grace = shared.config.server.shutdown_grace;
+/// Stops gracefully: shells are told, forwards get `grace` to finish,
+/// then every session is disconnected.
+async fn shutdown(registry: &Registry, grace: Duration) {
     tracing::info!(grace = ?grace, "shutting down: no new connections");
-    for (handle, channels) in shared.registry.handles() {
+    for (handle, channels) in registry.handles() {
         for (id, kind) in channels {
             if kind == ChannelKind::Shell {
                 let _ = handle
@@ -312,10 +428,10 @@ async fn shutdown(shared: &Shared) {
         }
     }
     let deadline = tokio::time::Instant::now() + grace;
-    while shared.registry.forwards_open() > 0 && tokio::time::Instant::now() < deadline {
+    while registry.forwards_open() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for (handle, _) in shared.registry.handles() {
+    for (handle, _) in registry.handles() {
         let _ = handle
             .disconnect(
                 russh::Disconnect::ByApplication,
@@ -325,5 +441,4 @@ async fn shutdown(shared: &Shared) {
             .await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    tracing::info!("stopped");
 }
