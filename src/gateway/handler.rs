@@ -175,12 +175,14 @@ impl russh::server::Handler for Conn {
         self.shared.penalties.success(self.peer.ip());
         self.shared.metrics.auth("success");
         self.shared.metrics.connection_opened();
+        let activity = Arc::new(std::sync::atomic::AtomicI64::new(crate::store::now_ms()));
         let session_id = self.shared.registry.add(
             account.id,
             &account.login,
             &fingerprint,
             &self.source,
             session.handle(),
+            activity.clone(),
         );
         tracing::info!(session = %session_id, account = %account.login, source = %self.source, key = %fingerprint, "authenticated");
         let store = self.shared.store.clone();
@@ -202,9 +204,8 @@ impl russh::server::Handler for Conn {
             fingerprint,
             source: self.source.clone(),
             session_id,
-            activity: Arc::new(std::sync::atomic::AtomicI64::new(crate::store::now_ms())),
+            activity,
         });
-        tokio::spawn(ctx.clone().watch_idle(session.handle()));
         self.ctx = Some(ctx);
         Ok(())
     }

@@ -54,51 +54,6 @@ impl ConnCtx {
             .store(crate::store::now_ms(), Ordering::Relaxed);
     }
 
-    /// Closes the connection once nothing has moved for `idle_timeout`;
-    /// shells are warned first. Ends with the session.
-    async fn watch_idle(self: Arc<Self>, handle: russh::server::Handle) {
-        let idle = self.shared.config.limits.idle_timeout;
-        let warn_before = (idle / 2).min(Duration::from_secs(60));
-        let tick = (idle / 8).clamp(Duration::from_millis(100), Duration::from_secs(5));
-        let mut warned = false;
-        loop {
-            tokio::time::sleep(tick).await;
-            if !self.shared.registry.contains(&self.session_id) {
-                return;
-            }
-            let quiet = Duration::from_millis(
-                (crate::store::now_ms() - self.activity.load(Ordering::Relaxed)).max(0) as u64,
-            );
-            if quiet >= idle {
-                tracing::info!(session = %self.session_id, account = %self.account.login, idle = ?quiet, "closing idle session");
-                let _ = handle
-                    .disconnect(
-                        russh::Disconnect::ByApplication,
-                        "idle timeout".into(),
-                        String::new(),
-                    )
-                    .await;
-                return;
-            }
-            if quiet + warn_before >= idle {
-                if !warned {
-                    warned = true;
-                    let left = (idle - quiet).as_secs().max(1);
-                    let msg = format!(
-                        "\r\n*** gatehouse: this session is idle and closes in {left}s unless you type something ***\r\n"
-                    );
-                    for (id, kind) in self.shared.registry.channels_of(&self.session_id) {
-                        if kind == ChannelKind::Shell {
-                            let _ = handle.data(id, msg.clone().into_bytes()).await;
-                        }
-                    }
-                }
-            } else {
-                warned = false;
-            }
-        }
-    }
-
     fn set_channel(&self, id: russh::ChannelId, kind: ChannelKind, project: Option<String>) {
         self.shared
             .registry
@@ -178,7 +133,7 @@ fn russh_config(config: &Config, key: PrivateKey) -> russh::server::Config {
         auth_rejection_time: Duration::from_millis(100),
         auth_rejection_time_initial: Some(Duration::ZERO),
         max_auth_attempts: config.limits.max_auth_attempts,
-        // Idleness is judged by gatehouse itself (see `ConnCtx::watch_idle`):
+        // Idleness is judged by gatehouse itself (see `Registry::sweep_idle`):
         // russh's timer would be reset by keepalive replies and by our own output.
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(60)),
@@ -304,6 +259,7 @@ pub async fn serve(config: Config) -> Result<()> {
     }
     let registry = Registry::new();
     let follower = tokio::spawn(registry.clone().follow(store.clone()));
+    let idle_sweeper = tokio::spawn(registry.clone().watch_idle(config.limits.idle_timeout));
     let common = Common {
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -370,6 +326,7 @@ pub async fn serve(config: Config) -> Result<()> {
     drop(listener);
     shutdown(&registry, config.server.shutdown_grace).await;
     follower.abort();
+    idle_sweeper.abort();
     let _ = exit_tx.send(true);
     for w in workers {
         drop(w.conns);
@@ -389,7 +346,12 @@ async fn connection(
     let conn = handler::Conn::new(shared, peer);
     let authenticated = conn.authenticated.clone();
     let (sock, switch) = killable::Killable::new(sock);
-    let setup = tokio::time::timeout(grace, russh::server::run_stream(ssh_config, sock, conn));
+    // Boxed: the set-up future is large and only lives until the handshake
+    // starts, while this task lives as long as the connection.
+    let setup = tokio::time::timeout(
+        grace,
+        Box::pin(russh::server::run_stream(ssh_config, sock, conn)),
+    );
     let session = match setup.await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -398,17 +360,28 @@ async fn connection(
         }
         Err(_) => return,
     };
-    let timer = tokio::spawn(async move {
-        tokio::time::sleep(grace).await;
-        if !authenticated.load(Ordering::Relaxed) {
-            tracing::info!(source = %peer, "login grace time exceeded");
-            switch.kill();
+    // The grace timer runs here, beside the session: no task of its own.
+    let mut session = session;
+    let grace_timer = tokio::time::sleep(grace);
+    tokio::pin!(grace_timer);
+    let mut timing = true;
+    loop {
+        tokio::select! {
+            ended = &mut session => {
+                if let Err(e) = ended {
+                    tracing::debug!(source = %peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = &mut grace_timer, if timing => {
+                timing = false;
+                if !authenticated.load(Ordering::Relaxed) {
+                    tracing::info!(source = %peer, "login grace time exceeded");
+                    switch.kill();
+                }
+            }
         }
-    });
-    if let Err(e) = session.await {
-        tracing::debug!(source = %peer, error = %e, "connection ended with an error");
     }
-    timer.abort();
 }
 
 /// Stops gracefully: shells are told, forwards get `grace` to finish,

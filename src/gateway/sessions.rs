@@ -57,6 +57,10 @@ struct LiveSession {
     started_ms: i64,
     handle: Handle,
     channels: HashMap<ChannelId, LiveChannel>,
+    /// When traffic last moved, in ms since the epoch (see `ConnCtx::touch`).
+    activity: Arc<std::sync::atomic::AtomicI64>,
+    /// The shells were told this session is about to close for idleness.
+    warned: bool,
 }
 
 pub struct Registry {
@@ -91,6 +95,7 @@ impl Registry {
         fingerprint: &str,
         source: &str,
         handle: Handle,
+        activity: Arc<std::sync::atomic::AtomicI64>,
     ) -> String {
         let id = format!(
             "{}-{}",
@@ -107,6 +112,8 @@ impl Registry {
                 started_ms: now_ms(),
                 handle,
                 channels: HashMap::new(),
+                activity,
+                warned: false,
             },
         );
         id
@@ -308,6 +315,61 @@ impl Registry {
             if polls.is_multiple_of(1200) {
                 let _ = store.prune_revocations(3_600_000).await;
             }
+        }
+    }
+
+    /// Closes sessions quiet for `idle`, and warns their shells `warn_before`
+    /// that. One sweep serves every session: no timer task per connection.
+    pub fn sweep_idle(&self, idle: Duration, warn_before: Duration) {
+        let now = now_ms();
+        for (id, s) in self.lock().iter_mut() {
+            let quiet =
+                Duration::from_millis((now - s.activity.load(Ordering::Relaxed)).max(0) as u64);
+            if quiet >= idle {
+                tracing::info!(session = %id, account = %s.login, idle = ?quiet, "closing idle session");
+                let handle = s.handle.clone();
+                tokio::spawn(async move {
+                    let _ = handle
+                        .disconnect(
+                            russh::Disconnect::ByApplication,
+                            "idle timeout".into(),
+                            String::new(),
+                        )
+                        .await;
+                });
+            } else if quiet + warn_before >= idle {
+                if !s.warned {
+                    s.warned = true;
+                    let left = (idle - quiet).as_secs().max(1);
+                    let msg = format!(
+                        "\r\n*** gatehouse: this session is idle and closes in {left}s unless you type something ***\r\n"
+                    );
+                    let shells: Vec<ChannelId> = s
+                        .channels
+                        .iter()
+                        .filter(|(_, c)| c.kind == ChannelKind::Shell)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    let handle = s.handle.clone();
+                    tokio::spawn(async move {
+                        for ch in shells {
+                            let _ = handle.data(ch, msg.clone().into_bytes()).await;
+                        }
+                    });
+                }
+            } else {
+                s.warned = false;
+            }
+        }
+    }
+
+    /// Runs [`Registry::sweep_idle`] until the task is dropped.
+    pub async fn watch_idle(self: Arc<Self>, idle: Duration) {
+        let warn_before = (idle / 2).min(Duration::from_secs(60));
+        let tick = (idle / 8).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            tokio::time::sleep(tick).await;
+            self.sweep_idle(idle, warn_before);
         }
     }
 
