@@ -18,6 +18,26 @@
 //!
 //! The SSH layer never decides who may do what and never builds SQL; the
 //! command layer never touches russh. Each is tested without the other.
+//!
+//! Threads: one acceptor hands each connection to a worker thread with its
+//! own single-threaded runtime, where it lives until it closes. Changes that
+//! must end live sessions (removals, disables, deletions, `session kill`)
+//! are appended to a revocation feed in the database, which every replica's
+//! [`gateway::sessions::Registry`] follows.
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`config`] | the TOML file: defaults, validation, paths |
+//! | [`model`] | validated types: `Email`, `Login`, `Name`, `Size`, `HostPort`, `SshPublicKey` |
+//! | [`policy`] | the permission table and `authorize` |
+//! | [`target`] | forwarding targets: parse and resolve |
+//! | [`store`] | the database (SQLite or PostgreSQL) |
+//! | [`audit`] | audit events |
+//! | [`commands`] | the SSH command language |
+//! | [`operator`] | the operator CLI |
+//! | [`output`] | tables, JSON, error classes and exit statuses |
+//! | [`metrics`] | Prometheus metrics and `/healthz` |
+//! | [`gateway`] | the russh server, shell, forwarding, live sessions |
 
 pub mod audit;
 pub mod commands;

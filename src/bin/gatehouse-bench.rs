@@ -25,7 +25,7 @@ struct Args {
     #[arg(long, default_value = "1024")]
     throughput_mib: u64,
     /// Throughput runs per server
-    #[arg(long, default_value = "3")]
+    #[arg(long, default_value = "5")]
     runs: usize,
     /// 64-byte round trips per server
     #[arg(long, default_value = "2000")]

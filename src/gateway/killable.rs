@@ -1,7 +1,10 @@
-//! A TCP stream that can be cut from outside. russh owns the stream of a
-//! session; this lets the login-grace timer end a connection that is stuck
-//! before authentication, when an SSH disconnect message would never be
-//! processed (for example in the middle of a key exchange).
+//! The TCP stream under an SSH session: it can be cut from outside, and it
+//! asks for quick ACKs during the handshake.
+//!
+//! Cut: russh owns the stream of a session; cutting it lets the login-grace
+//! timer end a connection stuck before authentication, when an SSH
+//! disconnect message would never be processed (for example in the middle
+//! of a key exchange).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +33,8 @@ impl KillSwitch {
 pub struct Killable {
     inner: TcpStream,
     switch: Arc<KillSwitch>,
+    /// Reads left in which to ask for immediate ACKs (see `poll_read`).
+    quick_acks: u8,
 }
 
 impl Killable {
@@ -39,6 +44,7 @@ impl Killable {
             Killable {
                 inner,
                 switch: switch.clone(),
+                quick_acks: 32,
             },
             switch,
         )
@@ -64,7 +70,15 @@ impl AsyncRead for Killable {
         if self.switch.killed.load(Ordering::SeqCst) {
             return Poll::Ready(Err(aborted()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if self.quick_acks > 0 && matches!(read, Poll::Ready(Ok(()))) {
+            // During the handshake, acknowledge each packet at once: with a
+            // delayed ACK the client's Nagle holds its next small packet for
+            // 40 ms. Linux drops quick-ACK mode by itself, hence each read.
+            self.quick_acks -= 1;
+            let _ = socket2::SockRef::from(&self.inner).set_tcp_quickack(true);
+        }
+        read
     }
 }
 
