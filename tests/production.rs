@@ -488,3 +488,57 @@ fn postgres_outage_fails_closed_keeps_forwards_and_recovers() {
     assert_eq!(http_get(mport, "/healthz").0, 200);
     roundtrip(3);
 }
+
+#[test]
+fn replicas_on_one_postgres_share_accounts_and_revocations() {
+    if !common::have("ssh") {
+        return;
+    }
+    let Some(pg) = common::Postgres::start() else {
+        return;
+    };
+    let url = pg.database();
+    let mut a = Gateway::with_db(Some(&url), "");
+    let mut b = Gateway::with_db(Some(&url), "");
+    let alice = a.account("alice@example.com");
+    let bob = a.account("bob@example.com");
+    a.cli(&["project", "create", "train", "--admin", "alice@example.com"])
+        .ok();
+    a.start();
+    b.start();
+    a.ssh("alice", &alice, &["member", "add", "bob@example.com"])
+        .ok();
+    // Both replicas know bob; his shell lives on replica b.
+    a.ssh("bob", &bob, &["whoami"]).ok();
+    let mut shell = b.ssh_cmd("bob", &bob);
+    shell.arg("-tt");
+    let mut child = shell
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _stdin = child.stdin.take().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("bob@train> ") {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "shell ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    std::thread::spawn(move || while out.read(&mut buf).is_ok_and(|n| n > 0) {});
+    // Removed through replica a, cut on replica b.
+    a.ssh(
+        "alice",
+        &alice,
+        &["member", "remove", "bob@example.com", "--yes"],
+    )
+    .ok();
+    assert!(
+        common::wait_exit(&mut child, Duration::from_secs(3)).is_some(),
+        "the revocation reached the other replica"
+    );
+    b.ssh("bob", &bob, &["cluster", "list", "-p", "train"])
+        .fails(3, "no access to project train");
+}
