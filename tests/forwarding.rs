@@ -422,24 +422,7 @@ fn live_jump(w: &World, key: &Key, login: &str, target: &str) -> Child {
 
 /// An open interactive shell of bob's on the gateway.
 fn live_shell(w: &World) -> Child {
-    let mut c = w.gw.ssh_cmd("bob", &w.bob);
-    c.arg("-tt");
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&seen).contains("bob@train> ") {
-        let n = out.read(&mut buf).unwrap();
-        assert!(n > 0, "shell ended early");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    std::thread::spawn(move || while out.read(&mut buf).is_ok_and(|n| n > 0) {});
-    child
+    common::live_shell(&w.gw, "bob", &w.bob, "bob@train> ")
 }
 
 /// Asserts every child ends soon after `revoke` runs; returns how long it took.

@@ -510,24 +510,7 @@ fn replicas_on_one_postgres_share_accounts_and_revocations() {
         .ok();
     // Both replicas know bob; his shell lives on replica b.
     a.ssh("bob", &bob, &["whoami"]).ok();
-    let mut shell = b.ssh_cmd("bob", &bob);
-    shell.arg("-tt");
-    let mut child = shell
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _stdin = child.stdin.take().unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&seen).contains("bob@train> ") {
-        let n = out.read(&mut buf).unwrap();
-        assert!(n > 0, "shell ended early");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    std::thread::spawn(move || while out.read(&mut buf).is_ok_and(|n| n > 0) {});
+    let mut child = common::live_shell(&b, "bob", &bob, "bob@train> ");
     // Removed through replica a, cut on replica b.
     a.ssh(
         "alice",

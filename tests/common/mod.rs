@@ -681,3 +681,27 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::E
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// An interactive shell (`ssh -tt`) of `login` on `gw`, returned once its
+/// prompt `prompt` is showing; its output is drained in the background.
+pub fn live_shell(gw: &Gateway, login: &str, key: &Key, prompt: &str) -> Child {
+    use std::io::Read;
+    let mut c = gw.ssh_cmd(login, key);
+    c.arg("-tt");
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ssh -tt");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains(prompt) {
+        let n = out.read(&mut buf).expect("shell output");
+        assert!(n > 0, "shell ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    std::thread::spawn(move || while out.read(&mut buf).is_ok_and(|n| n > 0) {});
+    child
+}
