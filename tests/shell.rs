@@ -19,8 +19,14 @@ struct Term {
 
 impl Term {
     fn open(gw: &Gateway, login: &str, key: &Key) -> Term {
+        Term::run(gw, login, key, &[])
+    }
+
+    /// `ssh -tt … ARGS`: with no ARGS, the shell.
+    fn run(gw: &Gateway, login: &str, key: &Key, args: &[&str]) -> Term {
         let mut cmd = gw.ssh_cmd(login, key);
         cmd.arg("-tt")
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -227,4 +233,16 @@ fn huge_lines_and_garbage_get_an_error_and_the_shell_lives_on() {
     t.send(b"exit\r");
     assert_eq!(t.exit_code(), 0);
     gw.ssh("alice", &alice, &["volume", "show", "data"]).ok();
+}
+
+#[test]
+fn a_command_with_a_terminal_asks_for_confirmation_too() {
+    let Some((gw, alice)) = setup() else { return };
+    let mut t = Term::run(&gw, "alice", &alice, &["volume", "delete", "data"]);
+    t.expect("[y/N] ");
+    t.send(b"y\r");
+    t.expect("deleted volume data");
+    assert_eq!(t.exit_code(), 0);
+    gw.ssh("alice", &alice, &["volume", "show", "data"])
+        .fails(1, "no volume data");
 }
