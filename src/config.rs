@@ -133,6 +133,25 @@ pub struct Metrics {
     pub listen: String,
 }
 
+/// Resolves `.` and `..` without touching the file system (the file may
+/// not exist yet).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s).map_err(|e| {
@@ -155,19 +174,17 @@ impl Config {
                 e.message().trim().replace('\n', "; ")
             )
         })?;
-        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        config.resolve(&base)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        // Absolute, so that a `sqlite://` URL never starts with a relative
+        // segment its parser would take for a host name.
+        let base = std::path::absolute(base)
+            .with_context(|| format!("cannot resolve the folder of {}", path.display()))?;
+        config.resolve(&normalize(&base))?;
         Ok(config)
     }
 
     fn resolve(&mut self, base: &Path) -> Result<()> {
-        let abs = |p: &Path| -> PathBuf {
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            }
-        };
+        let abs = |p: &Path| -> PathBuf { normalize(&base.join(p)) };
         self.server.host_key = abs(&self.server.host_key);
         if let Some(rest) = self.database.url.strip_prefix("sqlite://") {
             let (file, query) = match rest.split_once('?') {
@@ -235,7 +252,9 @@ mod tests {
     fn empty_file_is_all_defaults() {
         let c = load("").unwrap();
         assert_eq!(c.server.listen, "0.0.0.0:2222");
-        assert!(c.server.host_key.ends_with("../data/host_ed25519"));
+        assert!(
+            c.server.host_key.is_absolute() && c.server.host_key.ends_with("data/host_ed25519")
+        );
         assert!(c.database.url.starts_with("sqlite:///"));
     }
 
@@ -253,6 +272,41 @@ mod tests {
         assert!(load("[database]\nurl = \"mysql://x\"\n").is_err());
         assert!(load("[limits]\nidle_timeout = \"soon\"\n").is_err());
         assert!(load("[log]\nformat = \"xml\"\n").is_err());
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("config")).unwrap();
+        let path = dir.path().join("config/g.toml");
+        std::fs::write(&path, "").unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        let data = dir.path().join("data");
+        assert_eq!(c.server.host_key, data.join("host_ed25519"));
+        assert_eq!(
+            c.database.url,
+            format!("sqlite://{}", data.join("gatehouse.db").display())
+        );
+    }
+
+    #[test]
+    fn the_shipped_config_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_PATH);
+        let shipped = Config::load(Some(&path)).unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        std::fs::create_dir(empty.path().join("config")).unwrap();
+        let e = empty.path().join(DEFAULT_PATH);
+        std::fs::write(&e, "").unwrap();
+        let defaults = Config::load(Some(&e)).unwrap();
+        assert_eq!(
+            format!("{:?}", shipped.limits),
+            format!("{:?}", defaults.limits)
+        );
+        assert_eq!(shipped.server.listen, defaults.server.listen);
+        assert_eq!(shipped.server.workers, defaults.server.workers);
+        assert_eq!(shipped.log.format, defaults.log.format);
+        assert_eq!(shipped.metrics.listen, defaults.metrics.listen);
+        assert!(shipped.server.host_key.ends_with("data/host_ed25519"));
     }
 
     #[test]

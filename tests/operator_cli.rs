@@ -555,3 +555,26 @@ fn racing_operators_on_postgres() {
     gw.cli(&["account", "list"]).ok();
     race(&gw);
 }
+
+/// The README's first command: the shipped config, relative paths, run from
+/// the checkout's top folder.
+#[test]
+fn the_default_layout_works_from_a_relative_config_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config/gatehouse.toml"),
+        dir.path().join("config/gatehouse.toml"),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.current_dir(dir.path())
+        .args(["account", "add", "first@example.com"]);
+    let out = common::run_with_timeout(&mut cmd, None, std::time::Duration::from_secs(20));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("data/gatehouse.db").exists());
+}
