@@ -576,5 +576,10 @@ fn the_default_layout_works_from_a_relative_config_path() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(dir.path().join("data/gatehouse.db").exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("data/gatehouse.db"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the database is private");
 }

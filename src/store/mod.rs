@@ -92,6 +92,22 @@ impl Store {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create database folder {}", dir.display()))?;
             }
+            // Whoever can write the database owns the gateway: create it
+            // private; SQLite gives its -wal and -shm files the same mode.
+            if !file.is_empty() && file != ":memory:" && !std::path::Path::new(file).exists() {
+                use std::os::unix::fs::OpenOptionsExt;
+                let created = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(file);
+                if let Err(e) = created
+                    && e.kind() != std::io::ErrorKind::AlreadyExists
+                {
+                    return Err(e)
+                        .with_context(|| format!("cannot create the database file {file}"));
+                }
+            }
             let url = if path.contains("mode=") {
                 url.to_string()
             } else if path.contains('?') {
