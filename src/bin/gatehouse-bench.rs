@@ -197,20 +197,32 @@ fn start_sshd(dir: &Path, client_pub: &Path) -> Result<(Proc, u16)> {
         let text = std::fs::read_to_string(&config)?.replace("PerSourcePenalties no\n", "");
         std::fs::write(&config, text)?;
     }
-    let log = dir.join("sshd.log");
-    let child = Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-f"])
-        .arg(&config)
-        .stderr(std::fs::File::create(&log)?)
+    let mut cmd = Command::new("/usr/sbin/sshd");
+    cmd.args(["-D", "-e", "-f"]).arg(&config);
+    let proc = spawn_server(
+        &mut cmd,
+        &dir.join("sshd.log"),
+        port,
+        "sshd (apt-get install openssh-server)",
+    )?;
+    Ok((proc, port))
+}
+
+/// Starts a server with its stderr in `log`; waits until `port` accepts,
+/// and on failure says what the server logged.
+fn spawn_server(cmd: &mut Command, log: &Path, port: u16, what: &str) -> Result<Proc> {
+    let child = cmd
+        .stderr(std::fs::File::create(log)?)
         .spawn()
-        .context("cannot start /usr/sbin/sshd (apt-get install openssh-server)")?;
+        .with_context(|| format!("cannot start {what}"))?;
+    let proc = Proc(child);
     wait_port(port).with_context(|| {
         format!(
-            "sshd did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+            "{what} did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
         )
     })?;
-    Ok((Proc(child), port))
+    Ok(proc)
 }
 
 async fn start_gatehouse(
@@ -265,19 +277,10 @@ async fn start_gatehouse(
         seed_accounts(&gdir.join("gatehouse.db"), seed).await?;
     }
     drop(store);
-    let log = gdir.join("gateway.log");
-    let child = Command::new(std::env::current_exe()?)
-        .arg("--serve-gateway")
-        .arg(&config)
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()?;
-    wait_port(port).with_context(|| {
-        format!(
-            "gatehouse did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        )
-    })?;
-    Ok((Proc(child), port))
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("--serve-gateway").arg(&config);
+    let proc = spawn_server(&mut cmd, &gdir.join("gateway.log"), port, "gatehouse")?;
+    Ok((proc, port))
 }
 
 /// Fills the account base: `n` accounts with two keys each, in one
