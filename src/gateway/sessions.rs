@@ -133,17 +133,6 @@ impl Registry {
         self.lock().contains_key(id)
     }
 
-    pub fn channels_of(&self, id: &str) -> Vec<(ChannelId, ChannelKind)> {
-        self.lock()
-            .get(id)
-            .map(|s| s.channels.iter().map(|(c, ch)| (*c, ch.kind)).collect())
-            .unwrap_or_default()
-    }
-
-    pub fn count(&self) -> usize {
-        self.lock().len()
-    }
-
     pub fn count_for(&self, account_id: i64) -> usize {
         self.lock()
             .values()

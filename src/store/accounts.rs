@@ -112,15 +112,6 @@ impl Store {
         .await?)
     }
 
-    pub async fn account_by_id(&self, id: i64) -> Result<Option<Account>> {
-        Ok(sqlx::query_as(
-            "SELECT id, email, login, disabled, created_at FROM accounts WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await?)
-    }
-
     /// Disables the account; returns it, or Conflict when it already was.
     pub async fn account_disable(&self, email: &Email) -> Result<Account> {
         let account = self.need_account(email).await?;

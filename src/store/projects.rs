@@ -114,14 +114,6 @@ impl Store {
         .transpose()
     }
 
-    pub async fn project_id(&self, name: &Name) -> Result<Option<i64>> {
-        let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM projects WHERE name = $1")
-            .bind(name.as_str())
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.map(|r| r.0))
-    }
-
     pub async fn members(&self, project_id: i64) -> Result<Vec<Member>> {
         let rows: Vec<(i64, String, String, String, i64)> = sqlx::query_as(
             "SELECT a.id, a.email, a.login, m.role, a.disabled FROM memberships m \
