@@ -133,6 +133,7 @@ pub async fn run(
         .registry
         .remove_channel(&conn.session_id, channel_id);
     conn.shared.metrics.forward_closed();
+    super::memory::note_churn();
     let (up, down) = (
         counters.to_target.load(Ordering::Relaxed),
         counters.from_target.load(Ordering::Relaxed),

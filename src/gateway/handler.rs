@@ -172,6 +172,8 @@ impl russh::server::Handler for Conn {
             return Err(russh::Error::NotAuthenticated);
         };
         self.authenticated.store(true, Ordering::Relaxed);
+        // The key exchange's buffers are free now.
+        super::memory::note_churn();
         self.shared.penalties.success(self.peer.ip());
         self.shared.metrics.auth("success");
         self.shared.metrics.connection_opened();

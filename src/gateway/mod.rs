@@ -8,6 +8,7 @@ mod forward;
 mod handler;
 mod killable;
 pub mod line_editor;
+mod memory;
 mod penalty;
 pub mod sessions;
 
@@ -243,6 +244,7 @@ fn start_worker(
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> Result<()> {
     init_logging(&config);
+    memory::tune_allocator();
     let key = host_key(&config.server.host_key)?;
     let addr = config.listen_addr()?;
     // Migrates the schema once, before the workers open their pools.
@@ -260,6 +262,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let registry = Registry::new();
     let follower = tokio::spawn(registry.clone().follow(store.clone()));
     let idle_sweeper = tokio::spawn(registry.clone().watch_idle(config.limits.idle_timeout));
+    let trimmer = tokio::spawn(memory::trimmer());
     let common = Common {
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -327,6 +330,7 @@ pub async fn serve(config: Config) -> Result<()> {
     shutdown(&registry, config.server.shutdown_grace).await;
     follower.abort();
     idle_sweeper.abort();
+    trimmer.abort();
     let _ = exit_tx.send(true);
     for w in workers {
         drop(w.conns);
@@ -371,6 +375,7 @@ async fn connection(
                 if let Err(e) = ended {
                     tracing::debug!(source = %peer, error = %e, "connection ended with an error");
                 }
+                memory::note_churn();
                 break;
             }
             _ = &mut grace_timer, if timing => {
