@@ -446,10 +446,14 @@ fn throughput(
     t: &Target,
     sink: (u16, &std::sync::mpsc::Receiver<(u64, Instant)>),
     bytes: u64,
-) -> Result<f64> {
-    let (_tunnel, local) = tunnel(dir, cipher, t, &t.sink_host, sink.0)?;
+) -> Result<Transfer> {
+    let (tunnel, local) = tunnel(dir, cipher, t, &t.sink_host, sink.0)?;
     let mut s = TcpStream::connect(("127.0.0.1", local))?;
     let block = vec![0x5au8; 1 << 20];
+    // The connection to the tunnel exists, so sshd's per-connection
+    // processes are already there to be counted.
+    let client = tunnel.0.id();
+    let cpu_before = (tree_cpu_secs(t.pid), tree_cpu_secs(client));
     let start = Instant::now();
     let mut sent = 0;
     while sent < bytes {
@@ -459,10 +463,26 @@ fn throughput(
     }
     s.shutdown(std::net::Shutdown::Write)?;
     let (got, end) = sink.1.recv_timeout(Duration::from_secs(600))?;
+    let cpu_after = (tree_cpu_secs(t.pid), tree_cpu_secs(client));
     if got != bytes {
         bail!("{}: sink got {got} of {bytes} bytes", t.name);
     }
-    Ok(bytes as f64 / 1e6 / end.duration_since(start).as_secs_f64())
+    let secs = end.duration_since(start).as_secs_f64();
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    Ok(Transfer {
+        mb_per_s: bytes as f64 / 1e6 / secs,
+        server_cpu_ms_per_gib: (cpu_after.0 - cpu_before.0) * 1000.0 / gib,
+        client_busy: (cpu_after.1 - cpu_before.1) / secs * 100.0,
+    })
+}
+
+/// One throughput run.
+struct Transfer {
+    mb_per_s: f64,
+    /// CPU time the server spent per GiB forwarded, ms.
+    server_cpu_ms_per_gib: f64,
+    /// How busy the ssh client was during the transfer, % of one core.
+    client_busy: f64,
 }
 
 fn round_trips(dir: &Path, cipher: &str, t: &Target, echo: u16, count: usize) -> Result<Vec<f64>> {
@@ -562,42 +582,66 @@ async fn open_sessions(
     out
 }
 
-/// Memory of `pid` and all its descendants, in KiB: the proportional set
-/// size, so pages shared between sshd's per-connection processes count once
-/// in total rather than once per process.
-fn tree_pss_kib(pid: u32) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![pid];
+/// `pid` and all its descendants (sshd forks per connection).
+fn tree(pid: u32) -> Vec<u32> {
     let mut all: Vec<(u32, u32)> = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
             let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
-                let ppid = stat
-                    .rsplit(')')
-                    .next()
-                    .and_then(|r| r.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok());
-                if let Some(ppid) = ppid {
-                    all.push((p, ppid));
-                }
+            if let Some(ppid) = stat_fields(p).and_then(|f| f.get(1)?.parse().ok()) {
+                all.push((p, ppid));
             }
         }
     }
+    let mut out = Vec::new();
+    let mut stack = vec![pid];
     while let Some(p) = stack.pop() {
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")) {
-            total += status
+        out.push(p);
+        stack.extend(all.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+    }
+    out
+}
+
+/// The fields of `/proc/PID/stat` after the command name: state is `[0]`.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit(')').next()?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// Memory of `pid` and all its descendants, in KiB: the proportional set
+/// size, so pages shared between sshd's per-connection processes count once
+/// in total rather than once per process.
+fn tree_pss_kib(pid: u32) -> u64 {
+    tree(pid)
+        .into_iter()
+        .filter_map(|p| {
+            let rollup = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok()?;
+            rollup
                 .lines()
                 .find(|l| l.starts_with("Pss:"))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-        stack.extend(all.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
-    }
-    total
+        })
+        .sum()
+}
+
+/// CPU time (user and system) used so far by `pid` and its live
+/// descendants, in seconds.
+fn tree_cpu_secs(pid: u32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    tree(pid)
+        .into_iter()
+        .filter_map(|p| {
+            let f = stat_fields(p)?;
+            // utime and stime are fields 14 and 15 of stat, [11] and [12] here.
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / hz)
+        })
+        .sum()
 }
 
 async fn settle() {
@@ -670,10 +714,14 @@ async fn run(args: &Args) -> Result<String> {
     } else {
         0
     };
-    let mut tp = [Vec::new(), Vec::new()];
+    // Per server (OpenSSH, gatehouse): MB/s, server CPU, client busy.
+    let [mut tp, mut cpu, mut busy] = [(); 3].map(|_| [Vec::new(), Vec::new()]);
     for _ in 0..if bytes > 0 { args.runs } else { 0 } {
         for (i, t) in both.iter().enumerate() {
-            tp[i].push(throughput(d, c, t, (sink_port, &sink_rx), bytes)?);
+            let run = throughput(d, c, t, (sink_port, &sink_rx), bytes)?;
+            tp[i].push(run.mb_per_s);
+            cpu[i].push(run.server_cpu_ms_per_gib);
+            busy[i].push(run.client_busy);
         }
     }
     rows.push(Row {
@@ -682,6 +730,20 @@ async fn run(args: &Args) -> Result<String> {
         gatehouse: median(&mut tp[1]),
         unit: "MB/s",
         better: "higher",
+    });
+    rows.push(Row {
+        metric: "server CPU time per GiB forwarded".into(),
+        openssh: median(&mut cpu[0]),
+        gatehouse: median(&mut cpu[1]),
+        unit: "ms",
+        better: "lower",
+    });
+    rows.push(Row {
+        metric: "the ssh client's CPU use during the transfer".into(),
+        openssh: median(&mut busy[0]),
+        gatehouse: median(&mut busy[1]),
+        unit: "% of a core",
+        better: "(the bound)",
     });
 
     // Round trips, alternating in halves.
@@ -855,7 +917,11 @@ fn render(rows: &[Row], scale_line: &str, args: &Args) -> String {
         }
     ));
     out.push_str("| figure (median) | OpenSSH sshd | gatehouse | gatehouse / OpenSSH | better |\n|---|---:|---:|---:|---|\n");
-    for r in rows {
+    // Figures left out with --only have no values.
+    for r in rows
+        .iter()
+        .filter(|r| !(r.openssh.is_nan() && r.gatehouse.is_nan()))
+    {
         out.push_str(&format!(
             "| {} | {:.1} {} | {:.1} {} | {:.2} | {} |\n",
             r.metric,
