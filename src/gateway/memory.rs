@@ -59,7 +59,9 @@ pub async fn trimmer() {
         let now = CHURN.load(Ordering::Relaxed);
         if now != seen {
             seen = now;
-            tokio::task::spawn_blocking(trim).await.ok();
+            let started = std::time::Instant::now();
+            let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
+            tracing::debug!(released, took = ?started.elapsed(), "heap trimmed");
         }
     }
 }
