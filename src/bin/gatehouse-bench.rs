@@ -469,10 +469,12 @@ fn throughput(
     }
     let secs = end.duration_since(start).as_secs_f64();
     let gib = bytes as f64 / (1u64 << 30) as f64;
+    // CPU time comes in clock ticks (10 ms): a shorter run says nothing.
+    let timed = if secs >= 0.5 { 1.0 } else { f64::NAN };
     Ok(Transfer {
         mb_per_s: bytes as f64 / 1e6 / secs,
-        server_cpu_ms_per_gib: (cpu_after.0 - cpu_before.0) * 1000.0 / gib,
-        client_busy: (cpu_after.1 - cpu_before.1) / secs * 100.0,
+        server_cpu_ms_per_gib: timed * (cpu_after.0 - cpu_before.0) * 1000.0 / gib,
+        client_busy: timed * (cpu_after.1 - cpu_before.1) / secs * 100.0,
     })
 }
 
@@ -720,8 +722,8 @@ async fn run(args: &Args) -> Result<String> {
         for (i, t) in both.iter().enumerate() {
             let run = throughput(d, c, t, (sink_port, &sink_rx), bytes)?;
             tp[i].push(run.mb_per_s);
-            cpu[i].push(run.server_cpu_ms_per_gib);
-            busy[i].push(run.client_busy);
+            cpu[i].extend(Some(run.server_cpu_ms_per_gib).filter(|v| v.is_finite()));
+            busy[i].extend(Some(run.client_busy).filter(|v| v.is_finite()));
         }
     }
     rows.push(Row {
