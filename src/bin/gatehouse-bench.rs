@@ -673,6 +673,25 @@ struct Row {
     better: &'static str,
 }
 
+impl Row {
+    /// The medians of each server's samples (OpenSSH first).
+    fn medians(
+        metric: String,
+        samples: &mut [Vec<f64>; 2],
+        unit: &'static str,
+        better: &'static str,
+    ) -> Row {
+        let [o, g] = samples;
+        Row {
+            metric,
+            openssh: median(o),
+            gatehouse: median(g),
+            unit,
+            better,
+        }
+    }
+}
+
 async fn run(args: &Args) -> Result<String> {
     let dir = tempfile::Builder::new()
         .prefix("gatehouse-bench")
@@ -726,27 +745,24 @@ async fn run(args: &Args) -> Result<String> {
             busy[i].extend(Some(run.client_busy).filter(|v| v.is_finite()));
         }
     }
-    rows.push(Row {
-        metric: format!("throughput through `ssh -L`, {} MiB", args.throughput_mib),
-        openssh: median(&mut tp[0]),
-        gatehouse: median(&mut tp[1]),
-        unit: "MB/s",
-        better: "higher",
-    });
-    rows.push(Row {
-        metric: "server CPU time per GiB forwarded".into(),
-        openssh: median(&mut cpu[0]),
-        gatehouse: median(&mut cpu[1]),
-        unit: "ms",
-        better: "lower",
-    });
-    rows.push(Row {
-        metric: "the ssh client's CPU use during the transfer".into(),
-        openssh: median(&mut busy[0]),
-        gatehouse: median(&mut busy[1]),
-        unit: "% of a core",
-        better: "(the bound)",
-    });
+    rows.push(Row::medians(
+        format!("throughput through `ssh -L`, {} MiB", args.throughput_mib),
+        &mut tp,
+        "MB/s",
+        "higher",
+    ));
+    rows.push(Row::medians(
+        "server CPU time per GiB forwarded".into(),
+        &mut cpu,
+        "ms",
+        "lower",
+    ));
+    rows.push(Row::medians(
+        "the ssh client's CPU use during the transfer".into(),
+        &mut busy,
+        "% of a core",
+        "(the bound)",
+    ));
 
     // Round trips, alternating in ten rounds: a two-round split let one
     // burst of machine noise decide the figure (0.87–1.19× run to run).
@@ -757,13 +773,12 @@ async fn run(args: &Args) -> Result<String> {
             rt[i].extend(round_trips(d, c, t, echo, args.rtt_count / rounds)?);
         }
     }
-    rows.push(Row {
-        metric: format!("64-byte round trip through `ssh -L` ({} each)", rt[0].len()),
-        openssh: median(&mut rt[0]),
-        gatehouse: median(&mut rt[1]),
-        unit: "µs",
-        better: "lower",
-    });
+    rows.push(Row::medians(
+        format!("64-byte round trip through `ssh -L` ({} each)", rt[0].len()),
+        &mut rt,
+        "µs",
+        "lower",
+    ));
 
     // Connection setup, alternating.
     let mut su = [Vec::new(), Vec::new()];
@@ -772,13 +787,12 @@ async fn run(args: &Args) -> Result<String> {
             su[i].push(setup_once(d, c, t)?);
         }
     }
-    rows.push(Row {
-        metric: format!("connection setup, `ssh gw CMD` ({} each)", args.setup_count),
-        openssh: median(&mut su[0]),
-        gatehouse: median(&mut su[1]),
-        unit: "ms",
-        better: "lower",
-    });
+    rows.push(Row::medians(
+        format!("connection setup, `ssh gw CMD` ({} each)", args.setup_count),
+        &mut su,
+        "ms",
+        "lower",
+    ));
 
     // Memory per idle session, and sessions held.
     let key = Arc::new(russh::keys::load_secret_key(d.join("client_key"), None)?);
