@@ -77,7 +77,9 @@ mod tests {
             .nth(1)
             .and_then(|v| v.parse().ok())
             .expect("resident pages");
-        pages * 4096.0 / (1024.0 * 1024.0)
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as f64;
+        pages * page / (1024.0 * 1024.0)
     }
 
     #[test]
