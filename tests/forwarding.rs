@@ -680,3 +680,71 @@ fn fifty_forwards_at_once() {
     let _ = tunnel.kill();
     let _ = tunnel.wait();
 }
+
+/// Both directions full at once: an echo target sends everything back while
+/// the client is still sending. Nothing may wedge between the two.
+#[test]
+fn a_forward_carries_heavy_traffic_both_ways_at_once() {
+    let Some(w) = world() else { return };
+    use sha2::Digest;
+    let echo = common::echo_server();
+    let mut c = w.gw.ssh_cmd("bob", &w.bob);
+    c.args(["-W", &format!("node-1.c1:{echo}")]);
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let total: usize = 64 * 1024 * 1024;
+    let writer = std::thread::spawn(move || {
+        let mut h = sha2::Sha256::new();
+        let mut block = vec![0u8; 1 << 20];
+        let mut x: u32 = 777;
+        for _ in 0..total / block.len() {
+            for b in block.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                *b = x as u8;
+            }
+            h.update(&block);
+            if stdin.write_all(&block).is_err() {
+                break;
+            }
+        }
+        format!("{:x}", h.finalize())
+    });
+    let reader = std::thread::spawn(move || {
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0;
+        while n < total {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => {
+                    h.update(&buf[..k]);
+                    n += k;
+                }
+            }
+        }
+        (format!("{:x}", h.finalize()), n)
+    });
+    // Bounded: a wedged forward must fail the test, not hang it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let finished = reader.is_finished();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        finished,
+        "the echo did not come back within 120 s: the forward wedged"
+    );
+    let (got, n) = reader.join().unwrap();
+    assert_eq!(n, total, "every byte came back");
+    assert_eq!(got, writer.join().unwrap(), "and unchanged");
+}
