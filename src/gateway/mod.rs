@@ -1,8 +1,8 @@
 //! The SSH gateway: `gatehouse serve`. This module owns start-up (host key,
 //! database, listener), the accept loop with its limits, and shutdown.
-//! Per-connection protocol work is in [`handler`]; session channels in
-//! [`channel`]; forwards in [`forward`]; live sessions in [`sessions`];
-//! the allocator's tuning and trimming in [`memory`].
+//! Per-connection protocol work is in `handler`; session channels in
+//! `channel`; forwards in `forward`; live sessions in [`sessions`]; the
+//! allocator's tuning and trimming in `memory` (private modules).
 
 mod channel;
 mod forward;
