@@ -572,35 +572,13 @@ fn session_kill_ends_a_session() {
 #[test]
 fn a_quarter_gigabyte_through_a_forward_arrives_intact() {
     let Some(w) = world() else { return };
-    use sha2::Digest;
     let sink = common::digest_server();
-    let mut c = w.gw.ssh_cmd("bob", &w.bob);
-    c.args(["-W", &format!("node-1.c1:{sink}")]);
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let mut child = stdio_forward(&w, &format!("node-1.c1:{sink}"));
+    let stdin = child.stdin.take().unwrap();
     let total: usize = 256 * 1024 * 1024;
     let writer = std::thread::spawn(move || {
-        let mut h = sha2::Sha256::new();
-        let mut block = vec![0u8; 1 << 20];
-        let mut x: u32 = 12345;
-        let mut sent = 0;
-        while sent < total {
-            for b in block.iter_mut() {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                *b = x as u8;
-            }
-            h.update(&block);
-            stdin.write_all(&block).unwrap();
-            sent += block.len();
-        }
-        format!("{:x} {total}", h.finalize())
+        let sha = write_stream(stdin, total, 12345).expect("wrote every byte");
+        format!("{sha} {total}")
     });
     let status =
         common::wait_exit(&mut child, Duration::from_secs(300)).expect("transfer finished");
@@ -686,55 +664,16 @@ fn fifty_forwards_at_once() {
 #[test]
 fn a_forward_carries_heavy_traffic_both_ways_at_once() {
     let Some(w) = world() else { return };
-    use sha2::Digest;
     let echo = common::echo_server();
-    let mut c = w.gw.ssh_cmd("bob", &w.bob);
-    c.args(["-W", &format!("node-1.c1:{echo}")]);
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let mut child = stdio_forward(&w, &format!("node-1.c1:{echo}"));
+    let stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let total: usize = 64 * 1024 * 1024;
-    let writer = std::thread::spawn(move || {
-        let mut h = sha2::Sha256::new();
-        let mut block = vec![0u8; 1 << 20];
-        let mut x: u32 = 777;
-        for _ in 0..total / block.len() {
-            for b in block.iter_mut() {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                *b = x as u8;
-            }
-            h.update(&block);
-            if stdin.write_all(&block).is_err() {
-                break;
-            }
-        }
-        format!("{:x}", h.finalize())
-    });
-    let reader = std::thread::spawn(move || {
-        let mut h = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut n = 0;
-        while n < total {
-            match stdout.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(k) => {
-                    h.update(&buf[..k]);
-                    n += k;
-                }
-            }
-        }
-        (format!("{:x}", h.finalize()), n)
-    });
+    let writer = std::thread::spawn(move || write_stream(stdin, total, 777));
+    let reader = std::thread::spawn(move || common::sha256_of(&mut stdout, total as u64));
     // Bounded: a wedged forward must fail the test, not hang it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !reader.is_finished() && std::time::Instant::now() < deadline {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !reader.is_finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     let finished = reader.is_finished();
@@ -745,6 +684,38 @@ fn a_forward_carries_heavy_traffic_both_ways_at_once() {
         "the echo did not come back within 120 s: the forward wedged"
     );
     let (got, n) = reader.join().unwrap();
-    assert_eq!(n, total, "every byte came back");
-    assert_eq!(got, writer.join().unwrap(), "and unchanged");
+    assert_eq!(n, total as u64, "every byte came back");
+    let sent = writer.join().unwrap().expect("wrote every byte");
+    assert_eq!(got, sent, "and unchanged");
+}
+
+/// `ssh -W TARGET` through the gateway as bob, with all three pipes.
+fn stdio_forward(w: &World, target: &str) -> Child {
+    let mut c = w.gw.ssh_cmd("bob", &w.bob);
+    c.args(["-W", target]);
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Writes `total` bytes (whole MiB) of a xorshift stream seeded with
+/// `seed`, then closes `out`; the SHA-256 (hex) of what was written.
+fn write_stream(mut out: impl Write, total: usize, seed: u32) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut block = vec![0u8; 1 << 20];
+    let mut x = seed;
+    for _ in 0..total / block.len() {
+        for b in block.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *b = x as u8;
+        }
+        h.update(&block);
+        out.write_all(&block)?;
+    }
+    Ok(format!("{:x}", h.finalize()))
 }

@@ -604,50 +604,53 @@ impl Drop for Postgres {
     }
 }
 
-/// A TCP echo server on a loopback port, for forwards to talk to.
-pub fn echo_server() -> u16 {
+/// A TCP server on a loopback port that hands each connection to `serve`
+/// on a thread of its own.
+fn serve_each(serve: fn(TcpStream)) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut read = conn.try_clone().expect("clone");
-                let _ = std::io::copy(&mut read, &mut conn);
-            });
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || serve(conn));
         }
     });
     port
 }
 
+/// A TCP echo server on a loopback port, for forwards to talk to.
+pub fn echo_server() -> u16 {
+    serve_each(|mut conn| {
+        let mut read = conn.try_clone().expect("clone");
+        let _ = std::io::copy(&mut read, &mut conn);
+    })
+}
+
 /// A TCP server that reads until EOF and answers with the SHA-256 (hex) and
 /// length of what it got: checks a transfer end to end, half-close included.
 pub fn digest_server() -> u16 {
+    serve_each(|mut conn| {
+        let (sha, n) = sha256_of(&mut conn, u64::MAX);
+        let _ = writeln!(conn, "{sha} {n}");
+    })
+}
+
+/// Reads until EOF, an error or `at_most` bytes; the SHA-256 (hex) and
+/// length of what it read.
+pub fn sha256_of(r: &mut impl std::io::Read, at_most: u64) -> (String, u64) {
     use sha2::Digest;
-    use std::io::Read;
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut h = sha2::Sha256::new();
-                let mut buf = vec![0u8; 1 << 16];
-                let mut n: u64 = 0;
-                loop {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => {
-                            h.update(&buf[..k]);
-                            n += k as u64;
-                        }
-                    }
-                }
-                let _ = writeln!(conn, "{:x} {n}", h.finalize());
-            });
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n: u64 = 0;
+    while n < at_most {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => {
+                h.update(&buf[..k]);
+                n += k as u64;
+            }
         }
-    });
-    port
+    }
+    (format!("{:x}", h.finalize()), n)
 }
 
 /// The local user name, which the test sshd lets in.
