@@ -470,21 +470,22 @@ fn throughput(
     let secs = end.duration_since(start).as_secs_f64();
     let gib = bytes as f64 / (1u64 << 30) as f64;
     // CPU time comes in clock ticks (10 ms): a shorter run says nothing.
-    let timed = if secs >= 0.5 { 1.0 } else { f64::NAN };
+    let timed = secs >= 0.5;
     Ok(Transfer {
         mb_per_s: bytes as f64 / 1e6 / secs,
-        server_cpu_ms_per_gib: timed * (cpu_after.0 - cpu_before.0) * 1000.0 / gib,
-        client_busy: timed * (cpu_after.1 - cpu_before.1) / secs * 100.0,
+        server_cpu_ms_per_gib: timed.then(|| (cpu_after.0 - cpu_before.0) * 1000.0 / gib),
+        client_busy: timed.then(|| (cpu_after.1 - cpu_before.1) / secs * 100.0),
     })
 }
 
-/// One throughput run.
+/// One throughput run. The CPU figures are missing from runs too short to
+/// time them.
 struct Transfer {
     mb_per_s: f64,
     /// CPU time the server spent per GiB forwarded, ms.
-    server_cpu_ms_per_gib: f64,
+    server_cpu_ms_per_gib: Option<f64>,
     /// How busy the ssh client was during the transfer, % of one core.
-    client_busy: f64,
+    client_busy: Option<f64>,
 }
 
 fn round_trips(dir: &Path, cipher: &str, t: &Target, echo: u16, count: usize) -> Result<Vec<f64>> {
@@ -741,8 +742,8 @@ async fn run(args: &Args) -> Result<String> {
         for (i, t) in both.iter().enumerate() {
             let run = throughput(d, c, t, (sink_port, &sink_rx), bytes)?;
             tp[i].push(run.mb_per_s);
-            cpu[i].extend(Some(run.server_cpu_ms_per_gib).filter(|v| v.is_finite()));
-            busy[i].extend(Some(run.client_busy).filter(|v| v.is_finite()));
+            cpu[i].extend(run.server_cpu_ms_per_gib);
+            busy[i].extend(run.client_busy);
         }
     }
     rows.push(Row::medians(
