@@ -719,3 +719,30 @@ fn write_stream(mut out: impl Write, total: usize, seed: u32) -> std::io::Result
     }
     Ok(format!("{:x}", h.finalize()))
 }
+
+/// A target nobody listens on: the client is told the open failed and the
+/// audit says why, with the address tried.
+#[test]
+fn a_target_that_refuses_is_reported_and_audited() {
+    let Some(w) = world() else { return };
+    let closed = common::free_port();
+    let mut child = stdio_forward(&w, &format!("node-1.c1:{closed}"));
+    let status = common::wait_exit(&mut child, Duration::from_secs(30)).expect("ssh ended");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success(), "{status:?}");
+    assert!(err.contains("forwarding failed"), "{err}");
+    let wanted = format!("cannot connect to 127.0.0.1:{closed}: ");
+    assert!(
+        w.audit().iter().any(|e| e["action"] == "forward"
+            && e["actor"] == "bob"
+            && e["outcome"] == "failed"
+            && e["detail"].as_str().unwrap().starts_with(&wanted)),
+        "no failed forward to {closed} in the audit"
+    );
+}
