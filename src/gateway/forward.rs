@@ -52,34 +52,19 @@ pub async fn run(
     };
     let timeout = conn.shared.config.limits.connect_timeout;
     let addr = resolved.connect.to_string();
-    let stream = match tokio::time::timeout(
+    let connected = tokio::time::timeout(
         timeout,
         TcpStream::connect((resolved.connect.host.as_str(), resolved.connect.port)),
     )
-    .await
-    {
+    .await;
+    let stream = match connected {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            audit(
-                &conn,
-                Some(&resolved),
-                &shown,
-                Outcome::Failed,
-                &format!("cannot connect to {addr}: {e}"),
-            )
-            .await;
-            reply.reject(ChannelOpenFailure::ConnectFailed).await;
-            return;
-        }
-        Err(_) => {
-            audit(
-                &conn,
-                Some(&resolved),
-                &shown,
-                Outcome::Failed,
-                &format!("connecting to {addr} timed out after {timeout:?}"),
-            )
-            .await;
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => format!("cannot connect to {addr}: {e}"),
+                _ => format!("connecting to {addr} timed out after {timeout:?}"),
+            };
+            audit(&conn, Some(&resolved), &shown, Outcome::Failed, &why).await;
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return;
         }
