@@ -415,13 +415,7 @@ async fn shutdown(registry: &Registry, grace: Duration) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for (handle, _) in registry.handles() {
-        let _ = handle
-            .disconnect(
-                russh::Disconnect::ByApplication,
-                "gateway shutting down".into(),
-                String::new(),
-            )
-            .await;
+        sessions::disconnect(handle, "gateway shutting down").await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
 }

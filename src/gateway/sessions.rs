@@ -206,16 +206,7 @@ impl Registry {
                         t.abort();
                     }
                 }
-                let handle = s.handle.clone();
-                tokio::spawn(async move {
-                    let _ = handle
-                        .disconnect(
-                            russh::Disconnect::ByApplication,
-                            "access revoked".into(),
-                            String::new(),
-                        )
-                        .await;
-                });
+                tokio::spawn(disconnect(s.handle.clone(), "access revoked"));
                 ended += 1;
                 continue;
             }
@@ -316,16 +307,7 @@ impl Registry {
                 Duration::from_millis((now - s.activity.load(Ordering::Relaxed)).max(0) as u64);
             if quiet >= idle {
                 tracing::info!(session = %id, account = %s.login, idle = ?quiet, "closing idle session");
-                let handle = s.handle.clone();
-                tokio::spawn(async move {
-                    let _ = handle
-                        .disconnect(
-                            russh::Disconnect::ByApplication,
-                            "idle timeout".into(),
-                            String::new(),
-                        )
-                        .await;
-                });
+                tokio::spawn(disconnect(s.handle.clone(), "idle timeout"));
             } else if quiet + warn_before >= idle {
                 if !s.warned {
                     s.warned = true;
@@ -419,4 +401,15 @@ impl Sessions for Registry {
     fn nudge(&self) {
         self.wake.notify_one();
     }
+}
+
+/// Ends a session with an SSH disconnect message giving `reason`.
+pub async fn disconnect(handle: Handle, reason: &str) {
+    let _ = handle
+        .disconnect(
+            russh::Disconnect::ByApplication,
+            reason.to_string(),
+            String::new(),
+        )
+        .await;
 }
