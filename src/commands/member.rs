@@ -5,6 +5,7 @@ use super::{Ctx, Outcome_, Scope, confirm_or_refuse, done, text};
 use crate::model::{Email, Role};
 use crate::output::{CmdError, Table, json};
 use crate::policy::Action;
+use crate::store::Account;
 
 pub(super) async fn run(
     ctx: &Ctx<'_>,
@@ -49,11 +50,7 @@ pub(super) async fn run(
         MemberCmd::Remove { email, yes } => {
             let pid = ctx.authorize(scope, Action::RemoveMember, what)?;
             let email = Email::parse(email)?;
-            let account = ctx
-                .store
-                .account_by_email(&email)
-                .await?
-                .ok_or_else(|| not_member(&email))?;
+            let account = known_account(ctx, &email).await?;
             if ctx
                 .store
                 .membership(account.id, &scope.name)
@@ -82,11 +79,7 @@ pub(super) async fn run(
             let pid = ctx.authorize(scope, Action::AssignRole, what)?;
             let email = Email::parse(email)?;
             let role = Role::parse(role)?;
-            let account = ctx
-                .store
-                .account_by_email(&email)
-                .await?
-                .ok_or_else(|| not_member(&email))?;
+            let account = known_account(ctx, &email).await?;
             let old = ctx
                 .store
                 .member_set_role(pid, account.id, &account.email, role)
@@ -104,4 +97,12 @@ pub(super) async fn run(
 
 fn not_member(email: &Email) -> CmdError {
     CmdError::Failed(format!("{email} is not a member of this project"))
+}
+
+/// The account of `email`; one with no account is not a member either.
+async fn known_account(ctx: &Ctx<'_>, email: &Email) -> Result<Account, CmdError> {
+    ctx.store
+        .account_by_email(email)
+        .await?
+        .ok_or_else(|| not_member(email))
 }
