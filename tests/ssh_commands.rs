@@ -229,6 +229,13 @@ fn admin_manages_clusters_volumes_and_members() {
         .ok();
     w.alice(&["member", "remove", "bob@example.com", "--yes"])
         .ok();
+    // Removed, or never an account at all: not a member, nothing changes.
+    for who in ["bob@example.com", "nobody@example.com"] {
+        let gone = format!("{who} is not a member of this project");
+        w.alice(&["member", "remove", who, "--yes"]).fails(1, &gone);
+    }
+    w.alice(&["member", "role", "nobody@example.com", "admin"])
+        .fails(1, "nobody@example.com is not a member of this project");
     let members = w.alice(&["member", "list", "--json"]).ok().json();
     assert_eq!(members.as_array().unwrap().len(), 1);
     w.bob(&["cluster", "list", "-p", "train"])
