@@ -13,8 +13,10 @@ pub enum Outcome {
     Ok,
     /// Refused by policy or authentication.
     Denied,
-    /// Allowed, but it failed (not found, conflict, capacity, usage …).
+    /// Allowed, but it failed (not found, conflict, capacity …).
     Failed,
+    /// Not understood: bad syntax or an argument that failed validation.
+    Usage,
 }
 
 impl Outcome {
@@ -23,6 +25,7 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::Denied => "denied",
             Outcome::Failed => "failed",
+            Outcome::Usage => "usage",
         }
     }
 }
@@ -39,6 +42,8 @@ pub struct Event {
     pub action: String,
     /// What it was done to (an email, a cluster, a forward target …).
     pub target: String,
+    /// The whole request as the user typed it (a command line), if any.
+    pub args: String,
     pub outcome: Outcome,
     /// The error or result line.
     pub detail: String,
@@ -55,6 +60,7 @@ pub struct Record {
     pub project: Option<String>,
     pub action: String,
     pub target: String,
+    pub args: String,
     pub outcome: String,
     pub detail: String,
 }
@@ -69,8 +75,9 @@ impl Record {
     }
 }
 
-/// Longest text kept in one field: commands can be long, the log must not be.
-const MAX_FIELD: usize = 512;
+/// Longest text kept in one field. A command line is at most 4 KiB
+/// (`commands::MAX_LINE`), so `args` is kept whole.
+const MAX_FIELD: usize = 4096;
 
 fn clip(s: &str) -> String {
     if s.len() <= MAX_FIELD {
@@ -88,8 +95,8 @@ impl Store {
     /// an action that cannot be audited should not pass silently.
     pub async fn audit(&self, e: &Event) -> Result<()> {
         sqlx::query(
-            "INSERT INTO audit_events (at, actor, source, project, action, target, outcome, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO audit_events (at, actor, source, project, action, target, args, outcome, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(now_ms())
         .bind(clip(&e.actor))
@@ -97,6 +104,7 @@ impl Store {
         .bind(e.project.clone())
         .bind(clip(&e.action))
         .bind(clip(&e.target))
+        .bind(clip(&e.args))
         .bind(e.outcome.as_str())
         .bind(clip(&e.detail))
         .execute(self.pool())
@@ -109,7 +117,7 @@ impl Store {
         let rows = match project {
             Some(p) => {
                 sqlx::query_as(
-                    "SELECT id, at, actor, source, project, action, target, outcome, detail FROM audit_events \
+                    "SELECT id, at, actor, source, project, action, target, args, outcome, detail FROM audit_events \
                      WHERE project = $1 ORDER BY id DESC LIMIT $2",
                 )
                 .bind(p)
@@ -119,7 +127,7 @@ impl Store {
             }
             None => {
                 sqlx::query_as(
-                    "SELECT id, at, actor, source, project, action, target, outcome, detail FROM audit_events \
+                    "SELECT id, at, actor, source, project, action, target, args, outcome, detail FROM audit_events \
                      ORDER BY id DESC LIMIT $1",
                 )
                 .bind(limit)
@@ -135,7 +143,7 @@ impl Store {
 mod tests {
     #[test]
     fn long_fields_are_clipped_on_a_char_boundary() {
-        let s = "é".repeat(600);
+        let s = "é".repeat(3000);
         let c = super::clip(&s);
         assert!(c.len() <= super::MAX_FIELD + '…'.len_utf8());
         assert!(c.ends_with('…'));

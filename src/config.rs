@@ -174,7 +174,12 @@ impl Config {
                 e.message().trim().replace('\n', "; ")
             )
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // A bare file name (`--config gatehouse.toml`) has an empty parent:
+        // its folder is the current one.
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
         // Absolute, so that a `sqlite://` URL never starts with a relative
         // segment its parser would take for a host name.
         let base = std::path::absolute(base)

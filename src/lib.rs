@@ -31,6 +31,7 @@
 //! | [`model`] | validated types: `Email`, `Login`, `Name`, `Size`, `HostPort`, `SshPublicKey` |
 //! | [`policy`] | the permission table and `authorize` |
 //! | [`target`] | forwarding targets: parse and resolve |
+//! | [`net`] | outbound connections with a deadline, and why they fail |
 //! | [`store`] | the database (SQLite or PostgreSQL) |
 //! | [`audit`] | audit events |
 //! | [`commands`] | the SSH command language |
@@ -45,6 +46,7 @@ pub mod config;
 pub mod gateway;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod operator;
 pub mod output;
 pub mod policy;

@@ -68,10 +68,10 @@ async fn run(cli: Cli) -> ExitCode {
         }
     };
     if let Command::Serve = cli.command {
+        // The logger writes to stderr too: the error is printed once, here.
         return match gatehouse::gateway::serve(config).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!("{e:#}");
                 eprintln!("error: {e:#}");
                 ExitCode::from(1)
             }
@@ -115,12 +115,9 @@ fn usage_error(e: clap::Error) -> ExitCode {
             },
         );
     }
-    let rendered = e.render().to_string();
-    let first = rendered
-        .lines()
-        .next()
-        .unwrap_or("error: invalid arguments");
-    eprintln!("{}; see `gatehouse --help`", first.trim_end_matches('.'));
+    // clap's whole message: it names what is missing or wrong, then the
+    // usage line and where to read more.
+    eprint!("{}", e.render());
     ExitCode::from(2)
 }
 

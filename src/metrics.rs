@@ -47,7 +47,13 @@ pub struct Metrics {
     commands: Family<CommandLabels, Counter>,
     denials: Family<KindLabel, Counter>,
     penalties: Counter,
+    sessions_refused: Family<LimitLabel, Counter>,
     db_latency: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: String,
 }
 
 impl Metrics {
@@ -101,6 +107,12 @@ impl Metrics {
             "Source addresses put on penalty for repeated failures",
             penalties.clone(),
         );
+        let sessions_refused = Family::<LimitLabel, Counter>::default();
+        registry.register(
+            "sessions_refused",
+            "Authenticated connections refused by a limit, by limit",
+            sessions_refused.clone(),
+        );
         let db_latency = Histogram::new([
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ]);
@@ -119,6 +131,7 @@ impl Metrics {
             commands,
             denials,
             penalties,
+            sessions_refused,
             db_latency,
         })
     }
@@ -127,6 +140,16 @@ impl Metrics {
         self.auth
             .get_or_create(&ResultLabel {
                 result: result.into(),
+            })
+            .inc();
+    }
+
+    /// A correctly authenticated connection refused by `limit` (the config
+    /// key): not an authentication failure, and no penalty.
+    pub fn session_refused(&self, limit: &str) {
+        self.sessions_refused
+            .get_or_create(&LimitLabel {
+                limit: limit.into(),
             })
             .inc();
     }

@@ -19,11 +19,50 @@ fn invalid(msg: impl Into<String>) -> Invalid {
 /// Printable form of user input inside an error message: control characters
 /// and over-long values must not reach a terminal or a log line as they are.
 pub fn quoted(s: &str) -> String {
-    let mut out: String = s.chars().take(64).flat_map(char::escape_debug).collect();
-    if s.chars().count() > 64 {
+    let mut out = String::new();
+    for c in s.chars().take(64) {
+        if is_format_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.extend(c.escape_debug());
+        }
+    }
+    if s.chars().nth(64).is_some() {
         out.push('…');
     }
     format!("\"{out}\"")
+}
+
+/// `s` made safe for a terminal or a log line: at most `max` characters
+/// (then `…`), with control characters and Unicode format characters
+/// (bidi overrides such as U+202E, zero-width joiners) escaped as `\u{…}`,
+/// so what came from a user can never move the cursor or reorder text.
+pub fn printable(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max * 2));
+    for c in s.chars().take(max) {
+        if c.is_control() || is_format_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    if s.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// Unicode format characters (category Cf) that reorder or hide text:
+/// the bidi embeddings, overrides and isolates, and the zero-width ones.
+pub fn is_format_char(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}'
+        | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// An email address, kept as typed; compared case-insensitively through
@@ -143,6 +182,16 @@ impl Name {
             .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !first_ok || !rest_ok || s.len() > 63 {
+            // `Train` is a common slip: say that names are lower-case and
+            // offer the name that would have been accepted.
+            let lower = s.to_ascii_lowercase();
+            if lower != s && Name::parse(what, &lower).is_ok() {
+                return Err(invalid(format!(
+                    "invalid {what} name {}: names are lower-case DNS labels; use {}",
+                    quoted(s),
+                    quoted(&lower)
+                )));
+            }
             return Err(invalid(format!(
                 "invalid {what} name {}: use 1-63 of a-z 0-9 -, starting with a letter or digit",
                 quoted(s)
@@ -196,7 +245,7 @@ impl fmt::Display for Role {
     }
 }
 
-/// A volume size, held in GiB.
+/// A volume size, held in whole GiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Size {
@@ -206,34 +255,76 @@ pub struct Size {
 /// 1 PiB: far above any real volume, low enough that arithmetic never overflows.
 const MAX_SIZE_GIB: i64 = 1024 * 1024;
 
+const GIB: u128 = 1 << 30;
+
 impl Size {
+    /// Parses a size as people type it, units case-insensitive:
+    /// binary units (`GiB`/`Gi`, `TiB`/`Ti`, `PiB`/`Pi`) are exact, and so
+    /// are decimal fractions of them (`1.5TiB`); decimal units (`GB`/`G`,
+    /// `TB`/`T`, `PB`/`P`, as in Kubernetes quantities) are converted
+    /// exactly, and refused with the nearest whole-GiB sizes suggested when
+    /// they are not a whole number of GiB (which, below 1 PiB, they never
+    /// are). `GB` is never read as `GiB`.
     pub fn parse(s: &str) -> Result<Self, Invalid> {
-        let bad = |why: &str| {
+        let bad = |why: String| {
             invalid(format!(
-                "invalid size {}: {why} (use a whole number with GiB or TiB, like 500GiB or 2TiB)",
+                "invalid size {}: {why} (use a whole number of GiB or TiB, like 500GiB, 2TiB or 1.5TiB)",
                 quoted(s)
             ))
         };
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (digits, unit) = s.split_at(split);
-        if digits.is_empty() {
-            return Err(bad("no number"));
+        let split = s
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+        if whole.is_empty()
+            || (number.contains('.') && frac.is_empty())
+            || frac.contains('.')
+            || frac.len() > 6
+        {
+            return Err(bad("expected a number such as 500 or 1.5".into()));
         }
-        let factor = match unit.to_ascii_lowercase().as_str() {
-            "gib" | "gi" | "g" => 1,
-            "tib" | "ti" | "t" => 1024,
-            "" => return Err(bad("no unit")),
-            _ => return Err(bad("unknown unit")),
+        // bytes per unit
+        let per: u128 = match unit.to_ascii_lowercase().as_str() {
+            "gib" | "gi" => GIB,
+            "tib" | "ti" => GIB << 10,
+            "pib" | "pi" => GIB << 20,
+            "gb" | "g" => 1_000_000_000,
+            "tb" | "t" => 1_000_000_000_000,
+            "pb" | "p" => 1_000_000_000_000_000,
+            "" => return Err(bad("no unit".into())),
+            _ => return Err(bad(format!("unknown unit {}", quoted(unit)))),
         };
-        let n: i64 = digits.parse().map_err(|_| bad("too large"))?;
-        let gib = n.checked_mul(factor).ok_or_else(|| bad("too large"))?;
-        if gib == 0 {
-            return Err(bad("must be more than zero"));
+        let too_large = || bad("larger than 1024TiB".into());
+        if whole.len() > 12 {
+            return Err(too_large());
         }
-        if gib > MAX_SIZE_GIB {
-            return Err(bad("larger than 1024TiB"));
+        let scale = 10u128.pow(frac.len() as u32);
+        let digits: u128 = format!("{whole}{frac}").parse().map_err(|_| too_large())?;
+        // bytes = digits * per / scale, kept exact as a fraction.
+        let numerator = digits * per;
+        if numerator == 0 {
+            return Err(bad("must be more than zero".into()));
         }
-        Ok(Size { gib })
+        let denominator = scale * GIB;
+        if !numerator.is_multiple_of(denominator) {
+            let gib = numerator as f64 / denominator as f64;
+            let (down, up) = (gib.floor() as i64, gib.ceil() as i64);
+            let hint = if down >= 1 {
+                format!("use {up}GiB or {down}GiB")
+            } else {
+                format!("use {up}GiB")
+            };
+            return Err(invalid(format!(
+                "invalid size {}: that is {gib:.2} GiB, and volumes are sized in whole GiB; {hint}",
+                quoted(s)
+            )));
+        }
+        let gib = numerator / denominator;
+        if gib > MAX_SIZE_GIB as u128 {
+            return Err(too_large());
+        }
+        Ok(Size { gib: gib as i64 })
     }
 
     pub fn from_gib(gib: i64) -> Self {
@@ -334,9 +425,20 @@ impl fmt::Display for HostPort {
     }
 }
 
-/// A GPU type label (`h100`, `a100-80gb` …): same alphabet as names.
+/// A GPU type label as people write it (`H100`, `A100-80GB`, `l40s`):
+/// letters, digits and `-`, up to 63, kept as typed. GPU types are matched
+/// case-insensitively (see the store's node allocation).
 pub fn parse_gpu_type(s: &str) -> Result<String, Invalid> {
-    Name::parse("GPU type", s).map(|n| n.0)
+    let mut chars = s.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if !first_ok || !rest_ok || s.len() > 63 {
+        return Err(invalid(format!(
+            "invalid GPU type {}: use 1-63 of letters, digits and -, like H100 or A100-80GB",
+            quoted(s)
+        )));
+    }
+    Ok(s.to_string())
 }
 
 /// An OpenSSH public key that passed the key policy of interface.md §1.
@@ -505,21 +607,59 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(Size::parse("500GiB").unwrap().gib(), 500);
-        assert_eq!(Size::parse("2TiB").unwrap().gib(), 2048);
+        let gib = |s: &str| Size::parse(s).map(Size::gib);
+        assert_eq!(gib("500GiB"), Ok(500));
+        assert_eq!(gib("500gib"), Ok(500));
+        assert_eq!(gib("500Gi"), Ok(500));
+        assert_eq!(gib("2TiB"), Ok(2048));
+        assert_eq!(gib("1.5TiB"), Ok(1536));
+        assert_eq!(gib("0.5TiB"), Ok(512));
+        assert_eq!(gib("1PiB"), Ok(1024 * 1024));
         assert_eq!(Size::parse("2TiB").unwrap().to_string(), "2TiB");
+        // Decimal units are never read as binary; no decimal size below
+        // 1 PiB is a whole number of GiB, so each is refused with a hint.
+        let e = Size::parse("500GB").unwrap_err().0;
+        assert!(e.contains("465.66 GiB") && e.contains("466GiB"), "{e}");
+        let e = Size::parse("1TB").unwrap_err().0;
+        assert!(e.contains("931.32 GiB") && e.contains("932GiB"), "{e}");
+        assert!(Size::parse("500G").is_err());
+        assert!(Size::parse("1.5TB").is_err());
         for bad in [
             "",
             "0GiB",
+            "0.0TiB",
             "-5GiB",
             "5",
             "5MiB",
             "GiB",
-            "1.5TiB",
+            "1.GiB",
+            ".5TiB",
+            "1..5TiB",
+            "1.2.3TiB",
+            "0.3GiB",
             "99999999999999999999GiB",
             "2000TiB",
+            "1.0000001TiB",
         ] {
             assert!(Size::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_suggest_lower_case_and_gpu_types_keep_case() {
+        let e = Name::parse("project", "Train").unwrap_err().0;
+        assert!(e.contains("use \"train\""), "{e}");
+        assert!(
+            !Name::parse("project", "a_b")
+                .unwrap_err()
+                .0
+                .contains("use \"")
+        );
+        for ok in ["H100", "A100-80GB", "l40s", "h100"] {
+            assert_eq!(parse_gpu_type(ok).unwrap(), ok);
+        }
+        for bad in ["", "-h100", "h 100", "h100;", "h_100", &"a".repeat(64)] {
+            assert!(parse_gpu_type(bad).is_err(), "{bad}");
         }
     }
 

@@ -28,6 +28,11 @@ pub enum AccountCmd {
     },
     /// Refuse new logins and end the account's live sessions.
     Disable { email: String },
+    /// Allow a disabled account to log in again.
+    Enable { email: String },
+    /// Remove an account, its keys and memberships; ends its sessions.
+    /// Refused while it is the last admin of a project.
+    Remove { email: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +68,12 @@ pub enum ProjectCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Delete a project with its memberships, clusters and volumes; the
+    /// clusters' nodes go back to the pool and sessions into it end.
+    Delete {
+        #[arg(allow_hyphen_values = true)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +96,24 @@ pub enum NodeCmd {
     },
     /// List all nodes, free and allocated.
     List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a node from the pool; refused while a cluster holds it.
+    Remove {
+        #[arg(allow_hyphen_values = true)]
+        name: String,
+        /// Take it out of its cluster first, ending forwards to it
+        #[arg(long)]
+        force: bool,
+    },
+    /// Try each node's sshd (all, or those named): connect and read its
+    /// SSH banner. Exit status 1 when any node fails.
+    Check {
+        names: Vec<String>,
+        /// Seconds to wait for each node
+        #[arg(long, value_name = "SECONDS", default_value = "5")]
+        timeout: String,
         #[arg(long)]
         json: bool,
     },
@@ -115,6 +144,7 @@ fn event(action: &str, target: &str, project: Option<&str>, detail: &str) -> Eve
         project: project.map(str::to_string),
         action: action.into(),
         target: target.into(),
+        args: String::new(),
         outcome: Outcome::Ok,
         detail: detail.into(),
     }
@@ -148,21 +178,38 @@ pub async fn account(store: &Store, cmd: AccountCmd) -> Output {
         }
         AccountCmd::List { json: as_json } => {
             let accounts = store.accounts().await?;
+            #[derive(serde::Serialize)]
+            struct Row<'a> {
+                email: &'a str,
+                login: &'a str,
+                status: &'static str,
+                disabled: bool,
+                created: String,
+            }
+            let rows: Vec<Row> = accounts
+                .iter()
+                .map(|a| Row {
+                    email: &a.email,
+                    login: &a.login,
+                    status: if a.is_disabled() {
+                        "disabled"
+                    } else {
+                        "active"
+                    },
+                    disabled: a.is_disabled(),
+                    created: format_time(a.created_at),
+                })
+                .collect();
             if as_json {
-                return Ok(json(&accounts));
+                return Ok(json(&rows));
             }
             let mut t = Table::new(&["EMAIL", "LOGIN", "STATUS", "CREATED"]);
-            for a in accounts {
-                let status = if a.is_disabled() {
-                    "disabled"
-                } else {
-                    "active"
-                };
+            for r in rows {
                 t.row(vec![
-                    a.email,
-                    a.login,
-                    status.into(),
-                    format_time(a.created_at),
+                    r.email.to_string(),
+                    r.login.to_string(),
+                    r.status.into(),
+                    r.created,
                 ]);
             }
             Ok(t.render())
@@ -176,6 +223,30 @@ pub async fn account(store: &Store, cmd: AccountCmd) -> Output {
             );
             store
                 .audit(&event("account disable", email.as_str(), None, &msg))
+                .await?;
+            Ok(format!("{msg}\n"))
+        }
+        AccountCmd::Enable { email } => {
+            let email = Email::parse(&email)?;
+            let account = store.account_enable(&email).await?;
+            let msg = format!(
+                "enabled account {} (login {})",
+                account.email, account.login
+            );
+            store
+                .audit(&event("account enable", email.as_str(), None, &msg))
+                .await?;
+            Ok(format!("{msg}\n"))
+        }
+        AccountCmd::Remove { email } => {
+            let email = Email::parse(&email)?;
+            let account = store.account_remove(&email).await?;
+            let msg = format!(
+                "removed account {} (login {}) with its keys and memberships; its sessions are being ended",
+                account.email, account.login
+            );
+            store
+                .audit(&event("account remove", email.as_str(), None, &msg))
                 .await?;
             Ok(format!("{msg}\n"))
         }
@@ -246,16 +317,32 @@ pub async fn key(store: &Store, cmd: KeyCmd) -> Output {
 
 /// The key table, shared by the operator's and the user's `key list`.
 pub fn render_keys(keys: &[crate::store::KeyRecord], as_json: bool) -> String {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        fingerprint: &'a str,
+        algorithm: &'a str,
+        comment: &'a str,
+        added: String,
+    }
+    let rows: Vec<Row> = keys
+        .iter()
+        .map(|k| Row {
+            fingerprint: &k.fingerprint,
+            algorithm: &k.algorithm,
+            comment: &k.comment,
+            added: format_time(k.created_at),
+        })
+        .collect();
     if as_json {
-        return json(keys);
+        return json(&rows);
     }
     let mut t = Table::new(&["FINGERPRINT", "TYPE", "COMMENT", "ADDED"]);
-    for k in keys {
+    for r in rows {
         t.row(vec![
-            k.fingerprint.clone(),
-            k.algorithm.clone(),
-            or_dash(Some(&k.comment)),
-            format_time(k.created_at),
+            r.fingerprint.to_string(),
+            r.algorithm.to_string(),
+            or_dash(Some(r.comment)),
+            r.added,
         ]);
     }
     t.render()
@@ -267,9 +354,6 @@ pub async fn project(store: &Store, cmd: ProjectCmd) -> Output {
             let name = Name::parse("project", &name)?;
             let email = Email::parse(&admin)?;
             let account = store.need_account(&email).await?;
-            if account.is_disabled() {
-                return Err(CmdError::Failed(format!("account {email} is disabled")));
-            }
             store.project_create(&name, account.id).await?;
             let msg = format!("created project {name} with admin {}", account.email);
             store
@@ -297,6 +381,22 @@ pub async fn project(store: &Store, cmd: ProjectCmd) -> Output {
                 ]);
             }
             Ok(t.render())
+        }
+        ProjectCmd::Delete { name } => {
+            let name = Name::parse("project", &name)?;
+            let (clusters, nodes, members) = store.project_delete(&name).await?;
+            let msg = format!(
+                "deleted project {name}: {members} membership(s), {clusters} cluster(s); {nodes} node(s) returned to the pool; its sessions are being ended"
+            );
+            store
+                .audit(&event(
+                    "project delete",
+                    name.as_str(),
+                    Some(name.as_str()),
+                    &msg,
+                ))
+                .await?;
+            Ok(format!("{msg}\n"))
         }
     }
 }
@@ -338,7 +438,126 @@ pub async fn node(store: &Store, cmd: NodeCmd) -> Output {
             let nodes = store.nodes().await?;
             Ok(render_nodes(&nodes, as_json))
         }
+        NodeCmd::Remove { name, force } => {
+            let name = Name::parse("node", &name)?;
+            let node = store.node_remove(&name, force).await?;
+            let from = match (&node.cluster, &node.project) {
+                (Some(c), Some(p)) => {
+                    format!(" (taken out of cluster {c} of project {p}; its forwards end)")
+                }
+                _ => String::new(),
+            };
+            let msg = format!("removed node {} at {}{from}", node.name, node.address());
+            store
+                .audit(&event(
+                    "node remove",
+                    name.as_str(),
+                    node.project.as_deref(),
+                    &msg,
+                ))
+                .await?;
+            Ok(format!("{msg}\n"))
+        }
+        NodeCmd::Check {
+            names,
+            timeout,
+            json: as_json,
+        } => node_check(store, &names, &timeout, as_json).await,
     }
+}
+
+/// `node check`: the table (or JSON) goes to stdout whatever the result;
+/// a node that fails makes the command fail (exit 1) after it.
+async fn node_check(store: &Store, names: &[String], timeout: &str, as_json: bool) -> Output {
+    #[derive(serde::Serialize)]
+    struct Row {
+        name: String,
+        address: String,
+        ok: bool,
+        status: &'static str,
+        detail: String,
+    }
+    let timeout = match timeout.parse::<u64>() {
+        Ok(n) if (1..=300).contains(&n) => std::time::Duration::from_secs(n),
+        _ => {
+            return Err(CmdError::Usage(format!(
+                "invalid --timeout {}: expected whole seconds from 1 to 300",
+                crate::model::quoted(timeout)
+            )));
+        }
+    };
+    let wanted = names
+        .iter()
+        .map(|n| Name::parse("node", n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut nodes = store.nodes().await?;
+    for w in &wanted {
+        if !nodes.iter().any(|n| n.name == w.as_str()) {
+            return Err(CmdError::Failed(format!("no node {w}")));
+        }
+    }
+    if !wanted.is_empty() {
+        nodes.retain(|n| wanted.iter().any(|w| w.as_str() == n.name));
+    }
+    // All at once, so the whole check takes one timeout, not one per node.
+    let mut set = tokio::task::JoinSet::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let (host, port) = (n.host.clone(), n.port as u16);
+        set.spawn(async move { (i, crate::net::ssh_banner(&host, port, timeout).await) });
+    }
+    let mut results = vec![None; nodes.len()];
+    while let Some(joined) = set.join_next().await {
+        if let Ok((i, r)) = joined {
+            results[i] = Some(r);
+        }
+    }
+    let rows: Vec<Row> = nodes
+        .iter()
+        .zip(results)
+        .map(|(n, r)| {
+            let (ok, status, detail) = match r {
+                Some(Ok(banner)) => (true, "ok", banner),
+                Some(Err(e)) => (false, "unreachable", e),
+                None => (false, "unreachable", "the check did not finish".to_string()),
+            };
+            Row {
+                name: n.name.clone(),
+                address: n.address(),
+                ok,
+                status,
+                detail,
+            }
+        })
+        .collect();
+    let out = if as_json {
+        json(&rows)
+    } else {
+        let mut t = Table::new(&["NAME", "ADDRESS", "STATUS", "DETAIL"]);
+        for r in &rows {
+            t.row(vec![
+                r.name.clone(),
+                r.address.clone(),
+                r.status.into(),
+                crate::model::printable(&r.detail, 80),
+            ]);
+        }
+        t.render()
+    };
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.name.as_str())
+        .collect();
+    if failed.is_empty() {
+        return Ok(out);
+    }
+    print!("{out}");
+    Err(CmdError::Failed(format!(
+        "{} of {} node(s) failed the check: {}",
+        failed.len(),
+        rows.len(),
+        failed.join(", ")
+    )))
 }
 
 /// The node table, shared by the operator's and the user's `node list`.
@@ -368,16 +587,24 @@ pub fn render_audit(records: &[crate::audit::Record], as_json: bool) -> String {
     let mut t = Table::new(&[
         "TIME", "ACTOR", "SOURCE", "PROJECT", "ACTION", "TARGET", "OUTCOME", "DETAIL",
     ]);
+    // Everything in a row came from someone; escape it, and clip the long
+    // fields (`--json` has them whole).
+    let cell = |s: &str, max: usize| crate::model::printable(s, max);
     for r in records {
+        let detail = match (r.args.is_empty(), r.detail.is_empty()) {
+            (false, false) => format!("{} — {}", r.args, r.detail),
+            (false, true) => r.args.clone(),
+            _ => r.detail.clone(),
+        };
         t.row(vec![
             r.time(),
-            r.actor.clone(),
-            r.source.clone(),
-            or_dash(r.project.as_deref()),
-            r.action.clone(),
-            or_dash(Some(&r.target)),
+            cell(&r.actor, 32),
+            cell(&r.source, 48),
+            or_dash(r.project.as_deref().map(|p| cell(p, 63)).as_deref()),
+            cell(&r.action, 32),
+            or_dash(Some(&cell(&r.target, 48))),
             r.outcome.clone(),
-            r.detail.clone(),
+            cell(&detail, 80),
         ]);
     }
     t.render()

@@ -29,6 +29,15 @@ impl CmdError {
         }
     }
 
+    /// The outcome word shared by the audit log, the log and the metrics.
+    pub fn outcome(&self) -> crate::audit::Outcome {
+        match self {
+            CmdError::Failed(_) => crate::audit::Outcome::Failed,
+            CmdError::Usage(_) => crate::audit::Outcome::Usage,
+            CmdError::Denied(_) => crate::audit::Outcome::Denied,
+        }
+    }
+
     /// The one line written to stderr.
     pub fn line(&self) -> String {
         match self {

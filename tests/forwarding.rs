@@ -516,7 +516,8 @@ fn deleting_or_shrinking_a_cluster_ends_forwards_to_its_nodes() {
         w.gw.ssh(
             "alice",
             &w.alice,
-            &["cluster", "scale", "c1", "--nodes", "1"],
+            // It ends a live forward, so it asks first.
+            &["cluster", "scale", "c1", "--nodes", "1", "--yes"],
         )
         .ok();
     });
@@ -737,12 +738,12 @@ fn a_target_that_refuses_is_reported_and_audited() {
         .unwrap();
     assert!(!status.success(), "{status:?}");
     assert!(err.contains("forwarding failed"), "{err}");
-    let wanted = format!("cannot connect to 127.0.0.1:{closed}: ");
+    let wanted = format!("(127.0.0.1:{closed}): connection refused");
     assert!(
         w.audit().iter().any(|e| e["action"] == "forward"
             && e["actor"] == "bob"
             && e["outcome"] == "failed"
-            && e["detail"].as_str().unwrap().starts_with(&wanted)),
+            && e["detail"].as_str().unwrap().contains(&wanted)),
         "no failed forward to {closed} in the audit"
     );
 }

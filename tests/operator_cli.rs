@@ -296,6 +296,23 @@ fn projects_nodes_and_audit() {
         "--admin",
         "alice@example.com",
     ])
+    .fails(1, "alice@example.com has no SSH key registered");
+    let key = common::Key::new(gw.dir.path(), "alice");
+    gw.cli(&[
+        "key",
+        "add",
+        "alice@example.com",
+        "--file",
+        key.public.to_str().unwrap(),
+    ])
+    .ok();
+    gw.cli(&[
+        "project",
+        "create",
+        "train-a",
+        "--admin",
+        "alice@example.com",
+    ])
     .ok();
     let list = gw.cli(&["project", "list", "--json"]).ok().json();
     assert_eq!(list[0]["name"], "train-a");
@@ -409,6 +426,7 @@ fn projects_nodes_and_audit() {
             "node register",
             "node register",
             "project create",
+            "key add",
             "account add"
         ]
     );

@@ -8,35 +8,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Gateway, Key};
-
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let code = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
-}
-
-/// The value of one sample line of the Prometheus text, 0 when absent.
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
+use common::{Gateway, Key, http_get, metric};
 
 /// Project `train` (admin alice) with cluster `c1` on one node whose host
 /// runs an echo server. Call once the gateway is started; returns the port.
@@ -114,6 +86,12 @@ fn systemd_unit_passes_verify() {
             && unit.contains("ProtectSystem=strict")
             && unit.contains("CAP_NET_BIND_SERVICE")
     );
+    // Documentation= names a file the README's deployment installs.
+    let doc = "/usr/local/share/doc/gatehouse/README.md";
+    assert!(unit.contains(&format!("Documentation=file://{doc}")));
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains(&format!("install -D -m 0644 README.md {doc}")));
     // verify checks that ExecStart exists: point it at the built binary.
     let path = dir.path().join("gatehouse.service");
     std::fs::write(&path, unit.replace("/usr/local/bin/gatehouse", common::BIN)).unwrap();

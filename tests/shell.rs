@@ -2,103 +2,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::process::{Child, ChildStdin, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use common::{Gateway, Key};
-
-struct Term {
-    child: Child,
-    stdin: ChildStdin,
-    out: Arc<Mutex<Vec<u8>>>,
-    /// Output before this offset has been matched already.
-    seen: usize,
-}
-
-impl Term {
-    fn open(gw: &Gateway, login: &str, key: &Key) -> Term {
-        Term::run(gw, login, key, &[])
-    }
-
-    /// `ssh -tt … ARGS`: with no ARGS, the shell.
-    fn run(gw: &Gateway, login: &str, key: &Key, args: &[&str]) -> Term {
-        let mut cmd = gw.ssh_cmd(login, key);
-        cmd.arg("-tt")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn().expect("ssh -tt");
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let sink = out.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Term {
-            child,
-            stdin,
-            out,
-            seen: 0,
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stdin.write_all(bytes).unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    /// Waits until `needle` appears in new output; returns what came before it.
-    #[track_caller]
-    fn expect(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            {
-                let out = self.out.lock().unwrap();
-                let text = String::from_utf8_lossy(&out[self.seen..]).into_owned();
-                if let Some(pos) = text.find(needle) {
-                    self.seen += text[..pos + needle.len()].len();
-                    return text[..pos].to_string();
-                }
-                if Instant::now() > deadline {
-                    panic!("timed out waiting for {needle:?}; got:\n{text}");
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    #[track_caller]
-    fn exit_code(mut self) -> i32 {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code().unwrap_or(-1);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("shell did not end");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Term {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{Gateway, Key, Term};
 
 fn setup() -> Option<(Gateway, Key)> {
     if !common::have("ssh") {
@@ -187,7 +91,7 @@ fn line_editing_completion_and_ctrl_c() {
 #[test]
 fn use_switches_project_and_refuses_strangers() {
     let Some((gw, alice)) = setup() else { return };
-    gw.cli(&["account", "add", "zed@example.com"]).ok();
+    gw.account("zed@example.com");
     gw.cli(&["project", "create", "other", "--admin", "zed@example.com"])
         .ok();
     gw.cli(&[

@@ -247,12 +247,18 @@ fn admin_manages_clusters_volumes_and_members() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["action"].as_str().unwrap().to_string())
+        .map(|e| {
+            format!(
+                "{} | {}",
+                e["action"].as_str().unwrap(),
+                e["args"].as_str().unwrap()
+            )
+        })
         .collect();
     assert!(
         actions
             .iter()
-            .any(|a| a == "member remove bob@example.com --yes"),
+            .any(|a| a == "member remove | member remove bob@example.com --yes"),
         "{actions:?}"
     );
     assert!(

@@ -242,6 +242,7 @@ async fn suite(store: Store) {
         project: Some("train".into()),
         action: "test".into(),
         target: "t".into(),
+        args: String::new(),
         outcome: gatehouse::audit::Outcome::Ok,
         detail: "d".into(),
     };

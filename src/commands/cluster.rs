@@ -20,6 +20,9 @@ pub const CONFIG_KEYS: &[&str] = &[
     "kube_ca",
 ];
 
+/// The Unix login on a cluster's nodes when `node_user` is not set.
+pub const DEFAULT_NODE_USER: &str = "ubuntu";
+
 /// A cluster's config with defaults applied, as shown and as used by forwarding.
 #[derive(Debug, Serialize)]
 pub struct EffectiveConfig {
@@ -81,7 +84,21 @@ pub fn parse_setting(s: &str) -> Result<ClusterConfigChange, CmdError> {
         }
         "kube_api" => ClusterConfigChange::KubeApi(optional_addr(value)?),
         "dashboard" => ClusterConfigChange::Dashboard(optional_addr(value)?),
-        "node_user" => ClusterConfigChange::NodeUser(Login::parse(value)?.to_string()),
+        // The Unix login the project's members share on the cluster's nodes;
+        // clearing it goes back to the default.
+        "node_user" if value.is_empty() => {
+            ClusterConfigChange::NodeUser(DEFAULT_NODE_USER.to_string())
+        }
+        "node_user" => ClusterConfigChange::NodeUser(
+            Login::parse(value)
+                .map_err(|_| {
+                    CmdError::Usage(format!(
+                        "invalid node_user {}: the Unix login on the cluster's nodes, 1-32 of a-z 0-9 _ -, starting with a letter or _ (`node_user=` goes back to {DEFAULT_NODE_USER})",
+                        quoted(value)
+                    ))
+                })?
+                .to_string(),
+        ),
         "kube_ca" => {
             if value.is_empty() {
                 ClusterConfigChange::KubeCa(None)
@@ -250,10 +267,37 @@ pub(super) async fn run(
                 as_json,
             )
         }
-        ClusterCmd::Scale { cluster, nodes } => {
+        ClusterCmd::Scale {
+            cluster,
+            nodes,
+            yes,
+        } => {
             let pid = ctx.authorize(scope, Action::ScaleCluster, what)?;
             let name = Name::parse("cluster", cluster)?;
             let count = parse_count(nodes, 0)?;
+            // Shrinking releases the highest-named nodes (see the store);
+            // when that ends open forwards, it is destructive: ask first.
+            let c = store.cluster(pid, &name).await?;
+            let mut leaving: Vec<String> = store
+                .nodes_of_cluster(c.id)
+                .await?
+                .into_iter()
+                .map(|n| n.name)
+                .collect();
+            leaving.reverse();
+            leaving.truncate(leaving.len().saturating_sub(count as usize));
+            let live = ctx.sessions.forwards_to(&scope.name, &c.name, &leaving);
+            if live > 0 {
+                let question = format!(
+                    "Scale cluster {} of project {} down to {count}? Node(s) {} go back to the pool and {live} open forward(s) to them end.",
+                    c.name,
+                    scope.name,
+                    leaving.join(", ")
+                );
+                if let Some(stop) = confirm_or_refuse(ctx, *yes || confirmed, question, what) {
+                    return stop;
+                }
+            }
             let removed = store.cluster_scale(pid, &name, count).await?;
             ctx.sessions.nudge();
             let detail = if removed.is_empty() {
@@ -438,6 +482,14 @@ mod tests {
             ClusterConfigChange::Dashboard(None)
         );
         assert!(parse_setting("node_user=Root").is_err());
+        assert_eq!(
+            parse_setting("node_user=").unwrap(),
+            ClusterConfigChange::NodeUser("ubuntu".into())
+        );
+        assert_eq!(
+            parse_setting("node_user=root").unwrap(),
+            ClusterConfigChange::NodeUser("root".into())
+        );
         assert!(parse_setting("kube_api=nope").is_err());
         assert!(parse_setting("kube_ca=!!!").is_err());
         let e = parse_setting("colour=blue").unwrap_err();

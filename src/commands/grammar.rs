@@ -11,9 +11,11 @@ use clap::{Args, Parser, Subcommand};
     disable_version_flag = true,
     disable_colored_help = true,
     color = clap::ColorChoice::Never,
-    override_usage = "[--project NAME] [--json] COMMAND ...",
+    override_usage = "COMMAND [ARGS...] [--project NAME] [--json]",
     about = "gatehouse: the SSH gateway of your GPU cluster projects",
-    after_help = "Run `help COMMAND` for a command's options."
+    after_help = "Options go after the command word, as in `ssh gw cluster list -p train --json`: \
+the ssh client takes options that come before it. `ssh gw -- -p train cluster list` works too.\n\
+Run `help COMMAND` for a command's options."
 )]
 pub struct Invocation {
     /// Project to act in; may be left out when you belong to exactly one
@@ -97,11 +99,15 @@ pub enum ClusterCmd {
         #[arg(long, short = 'y')]
         yes: bool,
     },
-    /// Grow or shrink a cluster to N nodes (admin)
+    /// Grow or shrink a cluster to N nodes (admin); shrinking asks first
+    /// when it would end open forwards
     Scale {
         cluster: String,
         #[arg(long, value_name = "N", required = true, allow_hyphen_values = true)]
         nodes: String,
+        /// Do not ask for confirmation
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Show the cluster config; with KEY=VALUE, change it (admin)
     Config {

@@ -53,7 +53,13 @@ pub(super) async fn project_list(ctx: &Ctx<'_>, as_json: bool) -> Outcome_ {
 }
 
 /// Managing one's own keys needs no project and no role: every account may.
-pub(super) async fn key(ctx: &Ctx<'_>, cmd: &KeyCmd, as_json: bool) -> Outcome_ {
+/// `target` is set to the key's fingerprint once known, for the audit log.
+pub(super) async fn key(
+    ctx: &Ctx<'_>,
+    cmd: &KeyCmd,
+    as_json: bool,
+    target: &mut Option<String>,
+) -> Outcome_ {
     match cmd {
         KeyCmd::List => {
             let keys = ctx.store.keys_of(ctx.account.id).await?;
@@ -74,6 +80,7 @@ pub(super) async fn key(ctx: &Ctx<'_>, cmd: &KeyCmd, as_json: bool) -> Outcome_ 
                 key.join(" ")
             };
             let key = SshPublicKey::parse(&line)?;
+            *target = Some(key.fingerprint().to_string());
             let record = ctx.store.key_add(ctx.account, &key).await?;
             done(
                 format!("added {} key {}", record.algorithm, record.fingerprint),

@@ -51,6 +51,8 @@ pub struct ChannelInfo {
 /// What the command layer needs from the live-session registry.
 pub trait Sessions: Send + Sync {
     fn list(&self) -> Vec<SessionInfo>;
+    /// Open forwards on this gateway to these nodes of a project's cluster.
+    fn forwards_to(&self, project: &str, cluster: &str, nodes: &[String]) -> usize;
     /// A revocation was just written: apply it now rather than at the next poll.
     fn nudge(&self);
 }
@@ -65,6 +67,9 @@ pub struct Ctx<'a> {
     pub current_project: Option<&'a str>,
     /// True when a person can be asked to confirm (a terminal).
     pub interactive: bool,
+    /// True in the shell (with or without a terminal), where `use PROJECT`
+    /// chooses the project.
+    pub in_shell: bool,
     /// The exec channel's standard input, for `key add`.
     pub stdin: Option<&'a str>,
     pub sessions: &'a dyn Sessions,
@@ -262,8 +267,13 @@ impl Ctx<'_> {
                     }
                     many => {
                         let names: Vec<&str> = many.iter().map(|m| m.project.as_str()).collect();
+                        let how = if self.in_shell {
+                            "`use PROJECT` (or add --project NAME)"
+                        } else {
+                            "--project NAME after the command"
+                        };
                         return Err(CmdError::Usage(format!(
-                            "you belong to several projects ({}): choose one with --project NAME",
+                            "you belong to several projects ({}): choose one with {how}",
                             names.join(", ")
                         )));
                     }
@@ -312,6 +322,15 @@ fn confirm_or_refuse(ctx: &Ctx<'_>, yes: bool, question: String, what: &str) -> 
     }
 }
 
+/// What a command learned about itself while running, for its audit event.
+#[derive(Default)]
+struct Noted {
+    /// The project it acted in.
+    project: Option<String>,
+    /// What it acted on, when only known once it ran (a key's fingerprint).
+    target: Option<String>,
+}
+
 /// Runs one command line (already split into words) and audits it.
 /// `confirmed` is true on the second run after the user answered yes.
 pub async fn execute(ctx: &Ctx<'_>, words: &[String], confirmed: bool) -> Response {
@@ -326,14 +345,18 @@ pub async fn execute(ctx: &Ctx<'_>, words: &[String], confirmed: bool) -> Respon
             };
         }
         Err(e) => {
-            audit(ctx, None, &line, "", Some(&e)).await;
+            audit(ctx, "invalid", None, &line, "", Some(&e)).await;
             return error_response(e, json_wanted);
         }
     };
-    let mut scope_name = None;
-    let result = dispatch(ctx, &parsed, confirmed, &mut scope_name).await;
+    let mut noted = Noted::default();
+    let result = dispatch(ctx, &parsed, confirmed, &mut noted).await;
     let command = label(&parsed.command);
-    let target = target_of(&parsed.command);
+    let target = noted
+        .target
+        .take()
+        .unwrap_or_else(|| target_of(&parsed.command));
+    let project = noted.project.as_deref();
     let mut response = match result {
         // Nothing has happened yet; the run after the answer is audited.
         Ok(Reply::Confirm(question)) => Response {
@@ -342,7 +365,7 @@ pub async fn execute(ctx: &Ctx<'_>, words: &[String], confirmed: bool) -> Respon
         },
         Ok(reply) => {
             if !matches!(parsed.command, Cmd::Use { .. } | Cmd::Exit) {
-                audit(ctx, scope_name.as_deref(), &line, &target, None).await;
+                audit(ctx, command, project, &line, &target, None).await;
             }
             match reply {
                 Reply::Text(stdout) => Response {
@@ -361,7 +384,7 @@ pub async fn execute(ctx: &Ctx<'_>, words: &[String], confirmed: bool) -> Respon
             }
         }
         Err(e) => {
-            audit(ctx, scope_name.as_deref(), &line, &target, Some(&e)).await;
+            audit(ctx, command, project, &line, &target, Some(&e)).await;
             error_response(e, parsed.json)
         }
     };
@@ -369,17 +392,21 @@ pub async fn execute(ctx: &Ctx<'_>, words: &[String], confirmed: bool) -> Respon
     response
 }
 
+/// `{"error": MESSAGE, "kind": "usage", "exit": 2}` under `--json` (the
+/// message without the `error: ` prefix the stderr line has).
 fn error_response(e: CmdError, as_json: bool) -> Response {
     #[derive(Serialize)]
     struct JsonError<'a> {
         error: &'a str,
+        kind: &'a str,
         exit: u32,
     }
     let line = e.line();
     Response {
         stdout: if as_json {
             json(&JsonError {
-                error: &line,
+                error: &e.to_string(),
+                kind: e.outcome().as_str(),
                 exit: e.exit_code(),
             })
         } else {
@@ -419,9 +446,12 @@ fn target_of(cmd: &Cmd) -> String {
     }
 }
 
-/// Records one command as an audit event; `error` is how it failed, if it did.
+/// Records one command as an audit event and a log line: `command` is its
+/// name, `line` the whole command line as typed, `error` how it failed, if
+/// it did. The outcome words are the metric's (ok, usage, denied, failed).
 async fn audit(
     ctx: &Ctx<'_>,
+    command: &str,
     project: Option<&str>,
     line: &str,
     target: &str,
@@ -429,15 +459,15 @@ async fn audit(
 ) {
     let (outcome, detail) = match error {
         None => (Outcome::Ok, String::new()),
-        Some(e @ CmdError::Denied(_)) => (Outcome::Denied, e.line()),
-        Some(e) => (Outcome::Failed, e.line()),
+        Some(e) => (e.outcome(), e.to_string()),
     };
     let event = Event {
         actor: ctx.account.login.clone(),
         source: ctx.source.to_string(),
         project: project.map(str::to_string),
-        action: line.to_string(),
+        action: command.to_string(),
         target: target.to_string(),
+        args: line.to_string(),
         outcome,
         detail,
     };
@@ -445,7 +475,8 @@ async fn audit(
         account = %ctx.account.login,
         source = %ctx.source,
         project = project.unwrap_or("-"),
-        command = %line,
+        command = command,
+        args = %crate::model::printable(line, 200),
         outcome = outcome.as_str(),
         "command"
     );
@@ -454,22 +485,17 @@ async fn audit(
     }
 }
 
-async fn dispatch(
-    ctx: &Ctx<'_>,
-    inv: &Invocation,
-    confirmed: bool,
-    scope_name: &mut Option<String>,
-) -> Outcome_ {
+async fn dispatch(ctx: &Ctx<'_>, inv: &Invocation, confirmed: bool, noted: &mut Noted) -> Outcome_ {
     let as_json = inv.json;
     // Commands about the caller themself need no project.
     match &inv.command {
         Cmd::Whoami => return info::whoami(ctx, as_json).await,
         Cmd::Project(_) => return info::project_list(ctx, as_json).await,
-        Cmd::Key(k) => return info::key(ctx, k, as_json).await,
+        Cmd::Key(k) => return info::key(ctx, k, as_json, &mut noted.target).await,
         Cmd::Exit => return Ok(Reply::Exit),
         Cmd::Use { project } => {
             let name = Name::parse("project", project)?;
-            *scope_name = Some(name.to_string());
+            noted.project = Some(name.to_string());
             return match ctx.store.membership(ctx.account.id, name.as_str()).await? {
                 Some(_) => Ok(Reply::Switch(name.to_string())),
                 None => Err(no_access(name.as_str())),
@@ -478,7 +504,7 @@ async fn dispatch(
         _ => {}
     }
     let scope = ctx.scope(inv).await?;
-    *scope_name = Some(scope.name.clone());
+    noted.project = Some(scope.name.clone());
     let what = label(&inv.command);
     match &inv.command {
         Cmd::Cluster(c) => cluster::run(ctx, &scope, c, as_json, confirmed, what).await,

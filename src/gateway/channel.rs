@@ -53,18 +53,32 @@ async fn finish(channel: &Channel<Msg>, code: u32) {
     let _ = channel.close().await;
 }
 
+/// Where a command line came from: what it may ask and how the project is chosen.
+#[derive(Clone, Copy)]
+enum Origin {
+    /// `ssh gw CMD`; with a terminal it may ask for confirmation.
+    Exec { tty: bool },
+    /// A shell line, with a terminal or without (`ssh gw < script`).
+    Shell { tty: bool },
+}
+
 fn ctx<'a>(
     conn: &'a ConnCtx,
     current: Option<&'a str>,
-    interactive: bool,
+    origin: Origin,
     stdin: Option<&'a str>,
 ) -> Ctx<'a> {
+    let (interactive, in_shell) = match origin {
+        Origin::Exec { tty } => (tty, false),
+        Origin::Shell { tty } => (tty, true),
+    };
     Ctx {
         store: &conn.shared.store,
         account: &conn.account,
         source: &conn.source,
         current_project: current,
         interactive,
+        in_shell,
         stdin,
         sessions: conn.shared.registry.as_ref(),
     }
@@ -126,7 +140,7 @@ async fn exec(
     } else {
         None
     };
-    let c = ctx(conn, None, tty, stdin.as_deref());
+    let c = ctx(conn, None, Origin::Exec { tty }, stdin.as_deref());
     let mut r = execute(&c, &words, false).await;
     if let Some(question) = r.confirm.take() {
         let mut editor = LineEditor::new(MAX_LINE, width.unwrap_or(80) as usize, |_| Vec::new());
@@ -268,7 +282,7 @@ async fn batch_line(
         Ok(w) => w,
         Err(e) => return write_error(channel, &e, false).await,
     };
-    let c = ctx(conn, current.as_deref(), false, None);
+    let c = ctx(conn, current.as_deref(), Origin::Shell { tty: false }, None);
     let r = execute(&c, &words, false).await;
     conn.shared.metrics.command(r.command, r.code);
     if let Some(p) = &r.switch_project {
@@ -400,7 +414,12 @@ impl<'a> Shell<'a> {
     }
 
     async fn execute(&self, words: &[String], confirmed: bool) -> Response {
-        let c = ctx(self.conn, self.project.as_deref(), true, None);
+        let c = ctx(
+            self.conn,
+            self.project.as_deref(),
+            Origin::Shell { tty: true },
+            None,
+        );
         let r = execute(&c, words, confirmed).await;
         self.conn.shared.metrics.command(r.command, r.code);
         r

@@ -52,23 +52,23 @@ pub async fn run(
     };
     let timeout = conn.shared.config.limits.connect_timeout;
     let addr = resolved.connect.to_string();
-    let connected = tokio::time::timeout(
-        timeout,
-        TcpStream::connect((resolved.connect.host.as_str(), resolved.connect.port)),
-    )
-    .await;
-    let stream = match connected {
-        Ok(Ok(s)) => s,
-        failed => {
-            let why = match failed {
-                Ok(Err(e)) => format!("cannot connect to {addr}: {e}"),
-                _ => format!("connecting to {addr} timed out after {timeout:?}"),
-            };
-            audit(&conn, Some(&resolved), &shown, Outcome::Failed, &why).await;
-            reply.reject(ChannelOpenFailure::ConnectFailed).await;
-            return;
-        }
-    };
+    let stream =
+        match crate::net::connect(&resolved.connect.host, resolved.connect.port, timeout).await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                let why = format!("cannot connect to {shown} ({addr}): {e}");
+                audit(&conn, Some(&resolved), &shown, Outcome::Failed, &why).await;
+                // Code 2 with our own description: the OpenSSH client prints
+                // "open failed: connect failed: <why>".
+                reply
+                    .reject(ChannelOpenFailure::Other {
+                        code: ChannelOpenFailure::ConnectFailed.code(),
+                        reason: why,
+                    })
+                    .await;
+                return;
+            }
+        };
     let _ = stream.set_nodelay(true);
     let counters = Arc::new(Counters::default());
     let channel_id = channel.id();
@@ -157,6 +157,7 @@ async fn audit(conn: &ConnCtx, r: Option<&Resolved>, target: &str, outcome: Outc
         project: r.map(|r| r.project.clone()),
         action: "forward".into(),
         target: target.to_string(),
+        args: String::new(),
         outcome,
         detail: detail.to_string(),
     };

@@ -28,6 +28,8 @@ pub struct Conn {
     pub authenticated: Arc<AtomicBool>,
     failures: u32,
     last_user: String,
+    /// Fingerprint of the last key refused, for the audit event.
+    last_key: Option<String>,
 }
 
 fn publickey_only() -> Auth {
@@ -48,6 +50,7 @@ impl Conn {
             authenticated: Arc::new(AtomicBool::new(false)),
             failures: 0,
             last_user: String::new(),
+            last_key: None,
         }
     }
 
@@ -71,11 +74,14 @@ impl Conn {
         }
     }
 
-    fn refuse(&mut self, user: &str, why: &str) -> Auth {
+    fn refuse(&mut self, user: &str, why: &str, key: Option<&PublicKey>) -> Auth {
         self.failures += 1;
         self.last_user = user.to_string();
+        if let Some(k) = key {
+            self.last_key = Some(fingerprint_of(k));
+        }
         self.shared.metrics.auth("failure");
-        tracing::info!(source = %self.source, user = %crate::model::quoted(user), reason = why, "authentication refused");
+        tracing::info!(source = %self.source, user = %crate::model::quoted(user), key = self.last_key.as_deref().unwrap_or("-"), reason = why, "authentication refused");
         publickey_only()
     }
 }
@@ -85,15 +91,20 @@ impl Drop for Conn {
         if self.ctx.is_none() && self.failures > 0 {
             self.shared.penalties.failure(self.peer.ip(), &self.shared);
             let store = self.shared.store.clone();
+            let key = match &self.last_key {
+                Some(fp) => format!("; last key offered {fp}"),
+                None => String::new(),
+            };
             let event = Event {
-                actor: self.last_user.chars().take(64).collect(),
+                actor: crate::model::printable(&self.last_user, 64),
                 source: self.source.clone(),
                 project: None,
                 action: "auth".into(),
-                target: String::new(),
+                target: self.last_key.clone().unwrap_or_default(),
+                args: String::new(),
                 outcome: Outcome::Denied,
                 detail: format!(
-                    "Permission denied (publickey): {} refused attempt(s)",
+                    "Permission denied (publickey): {} refused attempt(s){key}",
                     self.failures
                 ),
             };
@@ -117,7 +128,7 @@ impl russh::server::Handler for Conn {
     }
 
     async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
-        Ok(self.refuse(user, "password authentication is not accepted"))
+        Ok(self.refuse(user, "password authentication is not accepted", None))
     }
 
     async fn auth_keyboard_interactive<'a>(
@@ -126,7 +137,11 @@ impl russh::server::Handler for Conn {
         _submethods: &str,
         _response: Option<russh::server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.refuse(user, "keyboard-interactive authentication is not accepted"))
+        Ok(self.refuse(
+            user,
+            "keyboard-interactive authentication is not accepted",
+            None,
+        ))
     }
 
     async fn auth_publickey_offered(
@@ -136,7 +151,7 @@ impl russh::server::Handler for Conn {
     ) -> Result<Auth, Self::Error> {
         match self.lookup(user, offer.public_key).await {
             Ok(_) => Ok(Auth::Accept),
-            Err(why) => Ok(self.refuse(user, why)),
+            Err(why) => Ok(self.refuse(user, why, Some(offer.public_key))),
         }
     }
 
@@ -149,12 +164,8 @@ impl russh::server::Handler for Conn {
         // have changed since the offer.
         let account = match self.lookup(user, key.public_key).await {
             Ok(a) => a,
-            Err(why) => return Ok(self.refuse(user, why)),
+            Err(why) => return Ok(self.refuse(user, why, Some(key.public_key))),
         };
-        let max = self.shared.config.limits.max_sessions_per_account;
-        if self.shared.registry.count_for(account.id) >= max {
-            return Ok(self.refuse(user, "too many sessions for this account"));
-        }
         self.accepted = Some((account, fingerprint_of(key.public_key)));
         Ok(Auth::Accept)
     }
@@ -164,7 +175,7 @@ impl russh::server::Handler for Conn {
         user: &str,
         _c: &russh::keys::Certificate,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.refuse(user, "certificates are not accepted"))
+        Ok(self.refuse(user, "certificates are not accepted", None))
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
@@ -176,16 +187,35 @@ impl russh::server::Handler for Conn {
         super::memory::note_churn();
         self.shared.penalties.success(self.peer.ip());
         self.shared.metrics.auth("success");
-        self.shared.metrics.connection_opened();
         let activity = Arc::new(std::sync::atomic::AtomicI64::new(crate::store::now_ms()));
-        let session_id = self.shared.registry.add(
+        let max = self.shared.config.limits.max_sessions_per_account;
+        let added = self.shared.registry.add(
             account.id,
             &account.login,
             &fingerprint,
             &self.source,
             session.handle(),
             activity.clone(),
+            max,
         );
+        let session_id = match added {
+            Ok(id) => id,
+            Err(limit) => {
+                // The key was right: this is a limit, not a failed login, so
+                // no penalty; the client prints the disconnect message.
+                self.shared
+                    .metrics
+                    .session_refused("max_sessions_per_account");
+                tracing::warn!(account = %account.login, source = %self.source, limit, "session refused: max_sessions_per_account reached");
+                let why = format!(
+                    "too many sessions: {} already has {limit} open on this gateway (limits.max_sessions_per_account); close one and try again",
+                    account.login
+                );
+                session.disconnect(russh::Disconnect::TooManyConnections, &why, "en")?;
+                return Ok(());
+            }
+        };
+        self.shared.metrics.connection_opened();
         tracing::info!(session = %session_id, account = %account.login, source = %self.source, key = %fingerprint, "authenticated");
         let store = self.shared.store.clone();
         let event = Event {
@@ -194,6 +224,7 @@ impl russh::server::Handler for Conn {
             project: None,
             action: "auth".into(),
             target: String::new(),
+            args: String::new(),
             outcome: Outcome::Ok,
             detail: format!("session {session_id} with key {fingerprint}"),
         };
@@ -415,6 +446,7 @@ impl Conn {
             project: None,
             action: what.to_string(),
             target: String::new(),
+            args: String::new(),
             outcome: Outcome::Denied,
             detail: why.to_string(),
         };

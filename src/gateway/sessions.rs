@@ -87,7 +87,10 @@ impl Registry {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers an authenticated connection; returns its id.
+    /// Registers an authenticated connection; returns its id, or the limit
+    /// when the account already holds `max_per_account` sessions (checked
+    /// and registered under one lock, so racing logins cannot both pass).
+    #[allow(clippy::too_many_arguments)]
     pub fn add(
         &self,
         account_id: i64,
@@ -96,13 +99,22 @@ impl Registry {
         source: &str,
         handle: Handle,
         activity: Arc<std::sync::atomic::AtomicI64>,
-    ) -> String {
+        max_per_account: usize,
+    ) -> Result<String, usize> {
+        let mut sessions = self.lock();
+        let held = sessions
+            .values()
+            .filter(|s| s.account_id == account_id)
+            .count();
+        if held >= max_per_account {
+            return Err(max_per_account);
+        }
         let id = format!(
             "{}-{}",
             self.prefix,
             self.next.fetch_add(1, Ordering::Relaxed)
         );
-        self.lock().insert(
+        sessions.insert(
             id.clone(),
             LiveSession {
                 account_id,
@@ -116,7 +128,7 @@ impl Registry {
                 warned: false,
             },
         );
-        id
+        Ok(id)
     }
 
     pub fn remove(&self, id: &str) {
@@ -131,13 +143,6 @@ impl Registry {
 
     pub fn contains(&self, id: &str) -> bool {
         self.lock().contains_key(id)
-    }
-
-    pub fn count_for(&self, account_id: i64) -> usize {
-        self.lock()
-            .values()
-            .filter(|s| s.account_id == account_id)
-            .count()
     }
 
     pub fn add_channel(&self, session: &str, id: ChannelId, ch: LiveChannel) {
@@ -199,14 +204,15 @@ impl Registry {
                 Revocation::Session { id: sid } => sid == id,
                 _ => false,
             };
+            let why = r.reason();
             if whole {
-                tracing::info!(session = %id, account = %s.login, "ending session: access revoked");
+                tracing::info!(session = %id, account = %s.login, reason = %why, "ending session");
                 for ch in s.channels.values() {
                     if let Some(t) = &ch.task {
                         t.abort();
                     }
                 }
-                tokio::spawn(disconnect(s.handle.clone(), "access revoked"));
+                tokio::spawn(disconnect(s.handle.clone(), why.clone()));
                 ended += 1;
                 continue;
             }
@@ -218,6 +224,7 @@ impl Registry {
                         account_id,
                         project,
                     } => s.account_id == *account_id && ch.project.as_deref() == Some(project),
+                    Revocation::Project { project } => ch.project.as_deref() == Some(project),
                     Revocation::Cluster { project, cluster } => {
                         ch.kind == ChannelKind::Forward
                             && ch.project.as_deref() == Some(project)
@@ -239,12 +246,27 @@ impl Registry {
                 .collect();
             for ch_id in doomed {
                 if let Some(ch) = s.channels.remove(&ch_id) {
-                    tracing::info!(session = %id, account = %s.login, kind = ch.kind.as_str(), target = ?ch.target, "ending channel: access revoked");
+                    tracing::info!(session = %id, account = %s.login, kind = ch.kind.as_str(), target = ?ch.target, reason = %why, "ending channel");
                     if let Some(t) = ch.task {
                         t.abort();
                     }
                     let handle = s.handle.clone();
+                    let kind = ch.kind;
+                    let why = why.clone();
                     tokio::spawn(async move {
+                        // A person at a shell or command is told why, in the
+                        // words a disconnect would use.
+                        match kind {
+                            ChannelKind::Shell => {
+                                let line = format!("\r\ngatehouse: {why}\r\n");
+                                let _ = handle.data(ch_id, line.into_bytes()).await;
+                            }
+                            ChannelKind::Exec => {
+                                let line = format!("gatehouse: {why}\n");
+                                let _ = handle.extended_data(ch_id, 1, line.into_bytes()).await;
+                            }
+                            ChannelKind::Forward => {}
+                        }
                         let _ = handle.close(ch_id).await;
                     });
                     ended += 1;
@@ -398,17 +420,30 @@ impl Sessions for Registry {
         list
     }
 
+    fn forwards_to(&self, project: &str, cluster: &str, nodes: &[String]) -> usize {
+        self.lock()
+            .values()
+            .flat_map(|s| s.channels.values())
+            .filter(|c| {
+                c.kind == ChannelKind::Forward
+                    && c.project.as_deref() == Some(project)
+                    && c.cluster.as_deref() == Some(cluster)
+                    && c.node.as_ref().is_some_and(|n| nodes.contains(n))
+            })
+            .count()
+    }
+
     fn nudge(&self) {
         self.wake.notify_one();
     }
 }
 
 /// Ends a session with an SSH disconnect message giving `reason`.
-pub async fn disconnect(handle: Handle, reason: &str) {
+pub async fn disconnect(handle: Handle, reason: impl Into<String>) {
     let _ = handle
         .disconnect(
             russh::Disconnect::ByApplication,
-            reason.to_string(),
+            reason.into(),
             String::new(),
         )
         .await;

@@ -136,6 +136,70 @@ impl Store {
         })
     }
 
+    /// Re-enables a disabled account; Conflict when it is not disabled.
+    pub async fn account_enable(&self, email: &Email) -> Result<Account> {
+        let account = self.need_account(email).await?;
+        let done = sqlx::query("UPDATE accounts SET disabled = 0 WHERE id = $1 AND disabled <> 0")
+            .bind(account.id)
+            .execute(self.pool())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "account {email} is not disabled"
+            )));
+        }
+        Ok(Account {
+            disabled: 0,
+            ..account
+        })
+    }
+
+    /// Removes an account with its keys and memberships and ends its live
+    /// sessions. Refused while it is the last admin of a project.
+    pub async fn account_remove(&self, email: &Email) -> Result<Account> {
+        let account = self.need_account(email).await?;
+        let mut tx = self.begin_write().await?;
+        if self.backend == super::Backend::Postgres {
+            // The projects it administers, locked against a concurrent demotion.
+            sqlx::query(
+                "SELECT p.id FROM projects p JOIN memberships m ON m.project_id = p.id \
+                 WHERE m.account_id = $1 ORDER BY p.id FOR UPDATE OF p",
+            )
+            .bind(account.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let last: Vec<(String,)> = sqlx::query_as(
+            "SELECT p.name FROM memberships m JOIN projects p ON p.id = m.project_id \
+             WHERE m.account_id = $1 AND m.role = 'admin' AND NOT EXISTS \
+             (SELECT 1 FROM memberships o WHERE o.project_id = m.project_id AND o.role = 'admin' AND o.account_id <> $1) \
+             ORDER BY p.name",
+        )
+        .bind(account.id)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !last.is_empty() {
+            let names: Vec<String> = last.into_iter().map(|(n,)| n).collect();
+            return Err(StoreError::Refused(format!(
+                "{email} is the last admin of project {}: make another member admin first, or delete the project",
+                names.join(", ")
+            )));
+        }
+        for q in [
+            "DELETE FROM ssh_keys WHERE account_id = $1",
+            "DELETE FROM memberships WHERE account_id = $1",
+            "DELETE FROM accounts WHERE id = $1",
+        ] {
+            sqlx::query(q).bind(account.id).execute(&mut *tx).await?;
+        }
+        let r = Revocation::Account {
+            account_id: account.id,
+        };
+        super::revocations::append(&mut *tx, &r).await?;
+        tx.commit().await?;
+        Ok(account)
+    }
+
     pub async fn key_add(&self, account: &Account, key: &SshPublicKey) -> Result<KeyRecord> {
         let line = key
             .to_openssh()

@@ -121,6 +121,39 @@ impl Store {
         })
     }
 
+    /// Removes a node from the pool. A node a cluster holds is refused
+    /// unless `force`, which takes it out of the cluster first and ends the
+    /// forwards to it. Returns the node as it was.
+    pub async fn node_remove(&self, name: &Name, force: bool) -> Result<Node> {
+        let mut tx = self.begin_write().await?;
+        let found: Option<Node> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{NODE_SELECT} WHERE n.name = $1"
+        )))
+        .bind(name.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let node = found.ok_or_else(|| StoreError::NotFound(format!("no node {name}")))?;
+        if let (Some(cluster), Some(project)) = (&node.cluster, &node.project) {
+            if !force {
+                return Err(StoreError::Refused(format!(
+                    "node {name} is in cluster {cluster} of project {project}: its admins can scale the cluster down, or remove it anyway with --force"
+                )));
+            }
+            let r = Revocation::Node {
+                project: project.clone(),
+                cluster: cluster.clone(),
+                node: node.name.clone(),
+            };
+            super::revocations::append(&mut *tx, &r).await?;
+        }
+        sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(node.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(node)
+    }
+
     pub async fn nodes(&self) -> Result<Vec<Node>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "{NODE_SELECT} ORDER BY n.name"
@@ -187,7 +220,7 @@ impl Store {
         let (n,): (i64,) = match gpu_type {
             Some(t) => {
                 sqlx::query_as(
-                    "SELECT COUNT(*) FROM nodes WHERE cluster_id IS NULL AND gpu_type = $1",
+                    "SELECT COUNT(*) FROM nodes WHERE cluster_id IS NULL AND LOWER(gpu_type) = LOWER($1)",
                 )
                 .bind(t)
                 .fetch_one(&mut **tx)
@@ -222,7 +255,7 @@ impl Store {
         let done = match gpu_type {
             Some(t) => sqlx::query(
                 "UPDATE nodes SET cluster_id = $1 WHERE cluster_id IS NULL AND id IN \
-                 (SELECT id FROM nodes WHERE cluster_id IS NULL AND gpu_type = $3 ORDER BY name LIMIT $2)",
+                 (SELECT id FROM nodes WHERE cluster_id IS NULL AND LOWER(gpu_type) = LOWER($3) ORDER BY name LIMIT $2)",
             )
             .bind(cluster_id)
             .bind(count)

@@ -10,6 +10,7 @@ pub struct ProjectSummary {
     #[serde(skip)]
     pub id: i64,
     pub name: String,
+    /// Admins, and members with the member role: disjoint counts.
     pub admins: i64,
     pub members: i64,
     pub clusters: i64,
@@ -40,9 +41,11 @@ fn role_from_db(s: &str) -> Result<Role> {
 }
 
 impl Store {
-    /// Creates a project with `admin_account` as its first admin.
+    /// Creates a project with `admin_account` as its first admin, who must
+    /// be able to join it like any member (see [`Store::member_add`]).
     pub async fn project_create(&self, name: &Name, admin_account: i64) -> Result<i64> {
         let mut tx = self.begin_write().await?;
+        ensure_can_join(&mut tx, admin_account).await?;
         let (id,): (i64,) =
             sqlx::query_as("INSERT INTO projects (name, created_at) VALUES ($1, $2) RETURNING id")
                 .bind(name.as_str())
@@ -64,7 +67,7 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT p.id, p.name, \
                (SELECT COUNT(*) FROM memberships m WHERE m.project_id = p.id AND m.role = 'admin') AS admins, \
-               (SELECT COUNT(*) FROM memberships m WHERE m.project_id = p.id) AS members, \
+               (SELECT COUNT(*) FROM memberships m WHERE m.project_id = p.id AND m.role = 'member') AS members, \
                (SELECT COUNT(*) FROM clusters c WHERE c.project_id = p.id) AS clusters \
              FROM projects p ORDER BY p.name",
         )
@@ -142,23 +145,7 @@ impl Store {
     pub async fn member_add(&self, project_id: i64, account_id: i64, role: Role) -> Result<()> {
         let mut tx = self.begin_write().await?;
         self.lock_project(&mut tx, project_id).await?;
-        let (email, disabled, keys): (String, i64, i64) = sqlx::query_as(
-            "SELECT a.email, a.disabled, (SELECT COUNT(*) FROM ssh_keys k WHERE k.account_id = a.id) \
-             FROM accounts a WHERE a.id = $1",
-        )
-        .bind(account_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if disabled != 0 {
-            return Err(StoreError::Refused(format!(
-                "account {email} is disabled: ask the gateway operator to re-enable it"
-            )));
-        }
-        if keys == 0 {
-            return Err(StoreError::Refused(format!(
-                "{email} has no SSH key registered; it must add one before it can be added"
-            )));
-        }
+        let email = ensure_can_join(&mut tx, account_id).await?;
         sqlx::query("INSERT INTO memberships (project_id, account_id, role, created_at) VALUES ($1, $2, $3, $4)")
             .bind(project_id)
             .bind(account_id)
@@ -169,6 +156,54 @@ impl Store {
             .map_err(|e| conflict_on_unique(e, || format!("{email} is already a member of this project")))?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Deletes a project with its memberships, clusters and volumes; the
+    /// clusters' nodes go back to the pool and every live session into the
+    /// project ends. Returns (clusters, nodes freed, members) it had.
+    pub async fn project_delete(&self, name: &Name) -> Result<(i64, i64, i64)> {
+        let mut tx = self.begin_write().await?;
+        let found: Option<(i64,)> = sqlx::query_as("SELECT id FROM projects WHERE name = $1")
+            .bind(name.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (id,) = found.ok_or_else(|| StoreError::NotFound(format!("no project {name}")))?;
+        self.lock_project(&mut tx, id).await?;
+        let (clusters,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM clusters WHERE project_id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let (members,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM memberships WHERE project_id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let freed = sqlx::query(
+            "UPDATE nodes SET cluster_id = NULL WHERE cluster_id IN (SELECT id FROM clusters WHERE project_id = $1)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        for table in ["volumes", "clusters", "memberships"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE project_id = $1"
+            )))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM projects WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let r = Revocation::Project {
+            project: name.to_string(),
+        };
+        super::revocations::append(&mut *tx, &r).await?;
+        tx.commit().await?;
+        Ok((clusters, freed as i64, members))
     }
 
     /// Removes a member, refusing to remove the last admin.
@@ -274,4 +309,31 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The seed's rule for joining a project: the account exists, is enabled and
+/// has an SSH key. Checked inside the joining transaction, so a key removed
+/// meanwhile cannot slip through. Returns the account's email.
+async fn ensure_can_join(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    account_id: i64,
+) -> Result<String> {
+    let (email, disabled, keys): (String, i64, i64) = sqlx::query_as(
+        "SELECT a.email, a.disabled, (SELECT COUNT(*) FROM ssh_keys k WHERE k.account_id = a.id) \
+         FROM accounts a WHERE a.id = $1",
+    )
+    .bind(account_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    if disabled != 0 {
+        return Err(StoreError::Refused(format!(
+            "account {email} is disabled: the gateway operator can re-enable it with `gatehouse account enable {email}`"
+        )));
+    }
+    if keys == 0 {
+        return Err(StoreError::Refused(format!(
+            "{email} has no SSH key registered; it must add one before it can be added"
+        )));
+    }
+    Ok(email)
 }

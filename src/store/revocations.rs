@@ -27,6 +27,28 @@ pub enum Revocation {
     Cluster { project: String, cluster: String },
     /// One session, by id (`session kill`).
     Session { id: String },
+    /// Everything in the project (deleted).
+    Project { project: String },
+}
+
+impl Revocation {
+    /// Why sessions or channels end, as the person cut is told (an SSH
+    /// disconnect message, or a line on their shell): always "access
+    /// revoked", then the cause.
+    pub fn reason(&self) -> String {
+        let cause = match self {
+            Revocation::Account { .. } => "the account was disabled or removed".to_string(),
+            Revocation::Key { .. } => "the key this session used was removed".to_string(),
+            Revocation::Membership { project, .. } => format!("removed from project {project}"),
+            Revocation::Node { node, cluster, .. } => {
+                format!("node {node} left cluster {cluster}")
+            }
+            Revocation::Cluster { cluster, .. } => format!("cluster {cluster} was deleted"),
+            Revocation::Session { .. } => "session ended by a project admin".to_string(),
+            Revocation::Project { project } => format!("project {project} was deleted"),
+        };
+        format!("access revoked: {cause}")
+    }
 }
 
 type Row = (
@@ -65,6 +87,7 @@ impl Revocation {
                 cluster: cluster?,
             },
             "session" => Revocation::Session { id: session? },
+            "project" => Revocation::Project { project: project? },
             _ => return None,
         };
         Some((id, r))
@@ -138,6 +161,7 @@ where
             None,
         ),
         Revocation::Session { id } => ("session", None, None, None, None, None, Some(id)),
+        Revocation::Project { project } => ("project", None, Some(project), None, None, None, None),
     };
     sqlx::query(
         "INSERT INTO revocations (at, kind, account_id, project, cluster, node, fingerprint, session) \

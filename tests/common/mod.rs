@@ -3,10 +3,11 @@
 //! PostgreSQL. Every wait is bounded; every process is killed on drop.
 #![allow(dead_code)]
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
@@ -707,4 +708,125 @@ pub fn live_shell(gw: &Gateway, login: &str, key: &Key, prompt: &str) -> Child {
     }
     std::thread::spawn(move || while out.read(&mut buf).is_ok_and(|n| n > 0) {});
     child
+}
+
+/// `GET path` on a loopback HTTP port: the status code and the body.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The value of one sample line of the Prometheus text, 0 when absent.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A terminal session (`ssh -tt`) whose output is collected as it comes.
+pub struct Term {
+    child: Child,
+    stdin: ChildStdin,
+    out: Arc<Mutex<Vec<u8>>>,
+    /// Output before this offset has been matched already.
+    seen: usize,
+}
+
+impl Term {
+    pub fn open(gw: &Gateway, login: &str, key: &Key) -> Term {
+        Term::run(gw, login, key, &[])
+    }
+
+    /// `ssh -tt … ARGS`: with no ARGS, the shell.
+    pub fn run(gw: &Gateway, login: &str, key: &Key, args: &[&str]) -> Term {
+        let mut cmd = gw.ssh_cmd(login, key);
+        cmd.arg("-tt")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("ssh -tt");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = out.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Term {
+            child,
+            stdin,
+            out,
+            seen: 0,
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stdin.write_all(bytes).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Waits until `needle` appears in new output; returns what came before it.
+    #[track_caller]
+    pub fn expect(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            {
+                let out = self.out.lock().unwrap();
+                let text = String::from_utf8_lossy(&out[self.seen..]).into_owned();
+                if let Some(pos) = text.find(needle) {
+                    self.seen += text[..pos + needle.len()].len();
+                    return text[..pos].to_string();
+                }
+                if Instant::now() > deadline {
+                    panic!("timed out waiting for {needle:?}; got:\n{text}");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[track_caller]
+    pub fn exit_code(mut self) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("shell did not end");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Term {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
