@@ -19,6 +19,45 @@ pub struct Config {
     pub limits: Limits,
     pub log: Log,
     pub metrics: Metrics,
+    pub forwarding: Forwarding,
+}
+
+/// What forwards may reach beyond the registered nodes' sshd: the
+/// operator's rules, which project admins cannot widen (see [`crate::reach`]).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Forwarding {
+    /// CIDR ranges (or addresses) that a cluster's `kube_api` and
+    /// `dashboard` may point into besides its own node hosts.
+    pub api_allow: Vec<String>,
+    /// Ports of a node's host that `NODE.CLUSTER:PORT` may reach, as
+    /// `"8888"` or `"8000-8999"`; empty means any. The node's registered
+    /// sshd port is always reachable.
+    pub node_ports: Vec<String>,
+}
+
+impl Forwarding {
+    /// The parsed rules, with the gateway's own ports. Errors name the bad
+    /// entry.
+    pub fn rules(&self, own_ports: Vec<u16>) -> Result<crate::reach::Rules> {
+        let api_allow = self
+            .api_allow
+            .iter()
+            .map(|s| crate::reach::parse_net(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("invalid config: forwarding.api_allow: {e}"))?;
+        let node_ports = self
+            .node_ports
+            .iter()
+            .map(|s| crate::reach::parse_port_range(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("invalid config: forwarding.node_ports: {e}"))?;
+        Ok(crate::reach::Rules {
+            own_ports,
+            api_allow,
+            node_ports,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +128,60 @@ pub struct Limits {
     pub penalty_base: Duration,
     #[serde(deserialize_with = "duration")]
     pub penalty_max: Duration,
+    /// Open channels (shells, commands, forwards) on one connection.
+    pub max_channels_per_connection: usize,
+    /// Open channels of one account, over all its connections.
+    pub max_channels_per_account: usize,
+    /// Unauthenticated connections: `start:rate:full`, as OpenSSH's
+    /// MaxStartups (sshd_config(5)): past `start`, new ones are dropped with
+    /// probability `rate`% rising linearly to 100% at `full`.
+    pub max_startups: String,
+    /// Unauthenticated connections from one address (OpenSSH's
+    /// PerSourceMaxStartups); 0 means no limit.
+    pub per_source_max_startups: usize,
+}
+
+/// `limits.max_startups`, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxStartups {
+    pub start: usize,
+    pub rate: u32,
+    pub full: usize,
+}
+
+impl Limits {
+    /// Parses `max_startups`: `N` alone means `N:100:N`, as in OpenSSH.
+    pub fn max_startups(&self) -> Result<MaxStartups> {
+        let s = self.max_startups.trim();
+        let bad = || {
+            anyhow::anyhow!(
+                "invalid config: limits.max_startups {s:?}: expected start:rate:full like \"10:30:100\", with start <= full and rate 1-100"
+            )
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        let nums: Vec<usize> = parts
+            .iter()
+            .map(|p| p.parse::<usize>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| bad())?;
+        let m = match nums.as_slice() {
+            [n] => MaxStartups {
+                start: *n,
+                rate: 100,
+                full: *n,
+            },
+            [start, rate, full] => MaxStartups {
+                start: *start,
+                rate: u32::try_from(*rate).map_err(|_| bad())?,
+                full: *full,
+            },
+            _ => return Err(bad()),
+        };
+        if m.start == 0 || m.start > m.full || m.rate == 0 || m.rate > 100 {
+            return Err(bad());
+        }
+        Ok(m)
+    }
 }
 
 impl Default for Limits {
@@ -103,6 +196,12 @@ impl Default for Limits {
             penalty_after_failures: 10,
             penalty_base: Duration::from_secs(30),
             penalty_max: Duration::from_secs(600),
+            // VS Code Remote with a few port forwards holds tens of
+            // channels; a thousand is far above any real client.
+            max_channels_per_connection: 256,
+            max_channels_per_account: 1024,
+            max_startups: "10:30:100".into(),
+            per_source_max_startups: 10,
         }
     }
 }
@@ -229,6 +328,14 @@ impl Config {
         if self.limits.max_auth_attempts == 0 {
             bail!("invalid config: limits.max_auth_attempts must be at least 1");
         }
+        if self.limits.max_channels_per_connection == 0 || self.limits.max_channels_per_account == 0
+        {
+            bail!(
+                "invalid config: limits.max_channels_per_connection and max_channels_per_account must be at least 1"
+            );
+        }
+        self.limits.max_startups()?;
+        self.forwarding.rules(Vec::new())?;
         Ok(())
     }
 
@@ -312,6 +419,34 @@ mod tests {
         assert_eq!(shipped.log.format, defaults.log.format);
         assert_eq!(shipped.metrics.listen, defaults.metrics.listen);
         assert!(shipped.server.host_key.ends_with("data/host_ed25519"));
+    }
+
+    #[test]
+    fn limits_and_forwarding_rules_are_checked() {
+        let c = load("[limits]\nmax_startups = \"5:50:20\"\n").unwrap();
+        assert_eq!(
+            c.limits.max_startups().unwrap(),
+            MaxStartups {
+                start: 5,
+                rate: 50,
+                full: 20
+            }
+        );
+        assert_eq!(load("").unwrap().limits.max_startups().unwrap().full, 100);
+        for bad in ["0", "20:30:10", "10:0:100", "10:101:100", "a:b:c", "1:2"] {
+            let e = load(&format!("[limits]\nmax_startups = \"{bad}\"\n")).unwrap_err();
+            assert!(format!("{e:#}").contains("max_startups"), "{bad}: {e:#}");
+        }
+        assert!(
+            load(
+                "[forwarding]\napi_allow = [\"10.0.0.0/8\"]\nnode_ports = [\"22\", \"8000-8999\"]\n"
+            )
+            .is_ok()
+        );
+        let e = load("[forwarding]\napi_allow = [\"nope\"]\n").unwrap_err();
+        assert!(format!("{e:#}").contains("forwarding.api_allow"), "{e:#}");
+        let e = load("[forwarding]\nnode_ports = [\"9-1\"]\n").unwrap_err();
+        assert!(format!("{e:#}").contains("forwarding.node_ports"), "{e:#}");
     }
 
     #[test]

@@ -32,6 +32,7 @@
 //! | [`policy`] | the permission table and `authorize` |
 //! | [`target`] | forwarding targets: parse and resolve |
 //! | [`net`] | outbound connections with a deadline, and why they fail |
+//! | [`reach`] | what a forward may land on: the operator's rules, checked at each connect |
 //! | [`store`] | the database (SQLite or PostgreSQL) |
 //! | [`audit`] | audit events |
 //! | [`commands`] | the SSH command language |
@@ -50,5 +51,6 @@ pub mod net;
 pub mod operator;
 pub mod output;
 pub mod policy;
+pub mod reach;
 pub mod store;
 pub mod target;

@@ -36,6 +36,15 @@ struct DirectionLabel {
     direction: String,
 }
 
+/// An open channel, counted in `gatehouse_channels_open` while it lives.
+pub struct OpenChannel(Gauge);
+
+impl Drop for OpenChannel {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     auth: Family<ResultLabel, Counter>,
@@ -162,24 +171,20 @@ impl Metrics {
         self.connections.dec();
     }
 
-    pub fn channel_opened(&self, kind: &str) {
-        self.channels
+    /// Counts a channel of `kind` (`session`, `forward`) as open until the
+    /// returned guard drops: however the channel's task ends (closed,
+    /// cancelled, aborted, panicked), the gauge goes back down.
+    pub fn channel_open(&self, kind: &str) -> OpenChannel {
+        let gauge = self
+            .channels
             .get_or_create(&KindLabel { kind: kind.into() })
-            .inc();
+            .clone();
+        gauge.inc();
+        OpenChannel(gauge)
     }
 
-    pub fn channel_closed(&self, kind: &str) {
-        self.channels
-            .get_or_create(&KindLabel { kind: kind.into() })
-            .dec();
-    }
-
-    pub fn forward_opened(&self) {
-        self.channel_opened("forward");
-    }
-
-    pub fn forward_closed(&self) {
-        self.channel_closed("forward");
+    pub fn forward_open(&self) -> OpenChannel {
+        self.channel_open("forward")
     }
 
     pub fn forward_refused(&self) {

@@ -21,6 +21,8 @@ pub enum ConnectError {
     TimedOut(Duration),
     /// Any other socket error (network unreachable, …).
     Other(String),
+    /// Every address the name resolved to is one the rules forbid.
+    Forbidden(String),
 }
 
 impl fmt::Display for ConnectError {
@@ -33,20 +35,32 @@ impl fmt::Display for ConnectError {
             ConnectError::TimedOut(d) => {
                 write!(f, "timed out after {}", humantime::format_duration(*d))
             }
-            ConnectError::Other(e) => f.write_str(e),
+            ConnectError::Other(e) | ConnectError::Forbidden(e) => f.write_str(e),
         }
     }
 }
 
-/// Connects to `host:port` within `timeout` (seconds, the whole budget:
-/// resolution and every address tried). Returns the stream and the address
-/// it reached.
+/// Connects to `host:port` within `timeout` (the whole budget: resolution
+/// and every address tried). Returns the stream and the address it reached.
 ///
 /// Errors: see [`ConnectError`]; with several addresses, the last failure.
 pub async fn connect(
     host: &str,
     port: u16,
     timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    connect_checked(host, port, timeout, |_| Ok(())).await
+}
+
+/// Like [`connect`], but each resolved address must pass `check` first
+/// (the name is resolved here, once, so what is checked is what is
+/// connected to). Addresses that fail it are never connected to; when all
+/// fail, the error is [`ConnectError::Forbidden`] with the check's reason.
+pub async fn connect_checked(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    check: impl Fn(SocketAddr) -> Result<(), String>,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
     let attempt = async {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
@@ -61,12 +75,22 @@ pub async fn connect(
             why: "no addresses".into(),
         };
         for addr in addrs {
+            if let Err(why) = check(addr) {
+                last = ConnectError::Forbidden(why);
+                continue;
+            }
             match TcpStream::connect(addr).await {
                 Ok(s) => return Ok((s, addr)),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    last = ConnectError::Refused(addr);
+                    if !matches!(last, ConnectError::Forbidden(_)) {
+                        last = ConnectError::Refused(addr);
+                    }
                 }
-                Err(e) => last = ConnectError::Other(format!("cannot connect to {addr}: {e}")),
+                Err(e) => {
+                    if !matches!(last, ConnectError::Forbidden(_)) {
+                        last = ConnectError::Other(format!("cannot connect to {addr}: {e}"));
+                    }
+                }
             }
         }
         Err(last)
@@ -74,6 +98,21 @@ pub async fn connect(
     tokio::time::timeout(timeout, attempt)
         .await
         .unwrap_or(Err(ConnectError::TimedOut(timeout)))
+}
+
+/// The addresses of `host` (an IP literal, or a name resolved within 5 s),
+/// IPv4-mapped IPv6 addresses made plain IPv4; none when it does not
+/// resolve.
+pub async fn resolve_host(host: &str) -> Vec<std::net::IpAddr> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return vec![ip.to_canonical()];
+    }
+    let lookup = tokio::net::lookup_host((bare, 0));
+    match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+        Ok(Ok(addrs)) => addrs.map(|a| a.ip().to_canonical()).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Connects to an sshd and reads its identification line (RFC 4253 §4.2),

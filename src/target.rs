@@ -38,8 +38,15 @@ pub struct Resolved {
     pub connect: HostPort,
     pub project: String,
     pub cluster: String,
+    /// The node it reaches: a node forward's, or the node whose host an
+    /// API or dashboard address points at (so releasing the node ends it).
     pub node: Option<String>,
     pub action: Action,
+    /// The node's registered sshd port, for node forwards.
+    pub sshd_port: Option<u16>,
+    /// Hosts of the cluster's nodes: where `kube_api` and `dashboard` may
+    /// point without the operator's allowlist (see [`crate::reach`]).
+    pub cluster_hosts: Vec<String>,
 }
 
 /// Why a forward was refused; the text goes to the audit log.
@@ -123,24 +130,11 @@ impl Target {
             Target::Address { host, port } => by_address(host, *port, nodes),
             Target::Kube { cluster, project } => {
                 let c = find_cluster(cluster, project.as_deref(), clusters)?;
-                let cluster_nodes: Vec<Node> = nodes
-                    .iter()
-                    .filter(|n| {
-                        n.cluster.as_deref() == Some(&c.name)
-                            && n.project.as_deref() == Some(&c.project)
-                    })
-                    .cloned()
-                    .collect();
+                let cluster_nodes = nodes_of(c, nodes);
                 let api = kube_api_of(c, &cluster_nodes).ok_or_else(|| {
                     Refusal(format!("cluster {}.{} has no kube_api", c.name, c.project))
                 })?;
-                Some(Resolved {
-                    connect: HostPort::parse(&api).map_err(|e| Refusal(e.0))?,
-                    project: c.project.clone(),
-                    cluster: c.name.clone(),
-                    node: None,
-                    action: Action::UseKubernetes,
-                })
+                Some(service(c, &cluster_nodes, &api, Action::UseKubernetes)?)
             }
             Target::Dashboard { cluster, project } => {
                 let c = find_cluster(cluster, project.as_deref(), clusters)?;
@@ -150,13 +144,12 @@ impl Target {
                         c.name, c.project
                     ))
                 })?;
-                Some(Resolved {
-                    connect: HostPort::parse(dash).map_err(|e| Refusal(e.0))?,
-                    project: c.project.clone(),
-                    cluster: c.name.clone(),
-                    node: None,
-                    action: Action::AccessDashboard,
-                })
+                Some(service(
+                    c,
+                    &nodes_of(c, nodes),
+                    dash,
+                    Action::AccessDashboard,
+                )?)
             }
         };
         let r = resolved.ok_or_else(|| {
@@ -171,6 +164,38 @@ impl Target {
             _ => Err(Refusal(format!("not allowed in project {}", r.project))),
         }
     }
+}
+
+fn nodes_of(c: &Cluster, nodes: &[Node]) -> Vec<Node> {
+    nodes
+        .iter()
+        .filter(|n| {
+            n.cluster.as_deref() == Some(&c.name) && n.project.as_deref() == Some(&c.project)
+        })
+        .cloned()
+        .collect()
+}
+
+/// A forward to a cluster's API server or dashboard at `addr`.
+fn service(
+    c: &Cluster,
+    cluster_nodes: &[Node],
+    addr: &str,
+    action: Action,
+) -> Result<Resolved, Refusal> {
+    let connect = HostPort::parse(addr).map_err(|e| Refusal(e.0))?;
+    Ok(Resolved {
+        node: cluster_nodes
+            .iter()
+            .find(|n| n.host == connect.host)
+            .map(|n| n.name.clone()),
+        connect,
+        project: c.project.clone(),
+        cluster: c.name.clone(),
+        action,
+        sshd_port: None,
+        cluster_hosts: cluster_nodes.iter().map(|n| n.host.clone()).collect(),
+    })
 }
 
 fn find_node<'a>(
@@ -233,6 +258,8 @@ fn node_target(n: &Node, port: u16) -> Resolved {
         cluster: n.cluster.clone().unwrap_or_default(),
         node: Some(n.name.clone()),
         action: Action::SshToNodes,
+        sshd_port: Some(n.port as u16),
+        cluster_hosts: Vec::new(),
     }
 }
 

@@ -332,7 +332,15 @@ pub(super) async fn run(
                 .map(|s| parse_setting(s))
                 .collect::<Result<Vec<_>, _>>()?;
             let c = store.cluster(pid, &name).await?;
-            store.cluster_configure(c.id, &changes).await?;
+            for change in &changes {
+                if let ClusterConfigChange::KubeApi(Some(v))
+                | ClusterConfigChange::Dashboard(Some(v)) = change
+                {
+                    check_reachable(ctx, &c, change, v).await?;
+                }
+            }
+            store.cluster_configure(&c, &changes).await?;
+            ctx.sessions.nudge();
             let keys: Vec<&str> = settings
                 .iter()
                 .filter_map(|s| s.split('=').next())
@@ -343,6 +351,47 @@ pub(super) async fn run(
             )
         }
     }
+}
+
+/// Holds a `kube_api` or `dashboard` value to the operator's rules now
+/// (forwarding checks the resolved address again at every connect): it
+/// must resolve, and every address must be one a forward may land on.
+async fn check_reachable(
+    ctx: &Ctx<'_>,
+    c: &Cluster,
+    change: &ClusterConfigChange,
+    value: &str,
+) -> Result<(), CmdError> {
+    let (key, action) = match change {
+        ClusterConfigChange::KubeApi(_) => ("kube_api", Action::UseKubernetes),
+        _ => ("dashboard", Action::AccessDashboard),
+    };
+    let hp = HostPort::parse(value)?;
+    let nodes = ctx.store.nodes_of_cluster(c.id).await?;
+    let hosts: Vec<String> = nodes.iter().map(|n| n.host.clone()).collect();
+    let facts = crate::reach::Facts::gather(ctx.store, hp.port, &hosts).await?;
+    let node = nodes
+        .iter()
+        .find(|n| n.host == hp.host)
+        .map(|n| n.name.as_str());
+    let dest = facts.destination(ctx.reach, action, node, None);
+    let ips = crate::net::resolve_host(&hp.host).await;
+    if ips.is_empty() {
+        return Err(CmdError::Usage(format!(
+            "{key} {}: the name {} does not resolve",
+            quoted(value),
+            quoted(&hp.host)
+        )));
+    }
+    for ip in ips {
+        if let Err(why) = dest.check(std::net::SocketAddr::new(ip, hp.port)) {
+            return Err(CmdError::Usage(format!(
+                "{key} {} is not allowed: {why}; {key} must be a host of the cluster's nodes or inside the operator's forwarding.api_allow, and never the gateway or another node's sshd",
+                quoted(value)
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub(super) async fn node_list(

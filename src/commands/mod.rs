@@ -73,6 +73,9 @@ pub struct Ctx<'a> {
     /// The exec channel's standard input, for `key add`.
     pub stdin: Option<&'a str>,
     pub sessions: &'a dyn Sessions,
+    /// The operator's rules for what forwards may reach: values a project
+    /// admin sets (`kube_api`, `dashboard`) are held to them.
+    pub reach: &'a crate::reach::Rules,
 }
 
 /// The result of one command line.

@@ -46,32 +46,48 @@ pub(super) async fn run(
                     scope.name
                 )));
             }
+            // Only what the session does in this project ends; the session
+            // itself ends when it does nothing in another project.
             ctx.store
-                .revoke(&Revocation::Session { id: id.clone() })
+                .revoke(&Revocation::Session {
+                    id: id.clone(),
+                    project: Some(scope.name.clone()),
+                })
                 .await?;
             ctx.sessions.nudge();
-            done(format!("ended session {id}"), as_json)
+            done(
+                format!("ended session {id} in project {}", scope.name),
+                as_json,
+            )
         }
     }
 }
 
 /// Admins see the sessions of the project's members; members their own.
+/// Either way only the channels in this project are shown: what a person
+/// does in other projects is not this project's business.
 async fn visible_sessions(
     ctx: &Ctx<'_>,
     scope: &Scope,
     all: bool,
 ) -> Result<Vec<super::SessionInfo>, CmdError> {
     let sessions = ctx.sessions.list();
-    if !all {
-        return Ok(sessions
-            .into_iter()
-            .filter(|s| s.account_id == ctx.account.id)
-            .collect());
-    }
-    let members = ctx.store.members(scope.id).await?;
+    let members = if all {
+        ctx.store.members(scope.id).await?
+    } else {
+        Vec::new()
+    };
     Ok(sessions
         .into_iter()
-        .filter(|s| members.iter().any(|m| m.account_id == s.account_id))
+        .filter(|s| {
+            s.account_id == ctx.account.id
+                || (all && members.iter().any(|m| m.account_id == s.account_id))
+        })
+        .map(|mut s| {
+            s.channels
+                .retain(|c| c.project.as_deref() == Some(scope.name.as_str()));
+            s
+        })
         .collect())
 }
 

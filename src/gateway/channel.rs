@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg};
+use tokio_util::sync::CancellationToken;
 
 use super::ConnCtx;
+use super::channel_io::Io;
 use super::line_editor::{Event, LineEditor};
 use super::sessions::ChannelKind;
 use crate::commands::grammar::completions;
@@ -20,7 +22,8 @@ const MAX_STDIN: usize = 64 * 1024;
 const STDIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves one session channel until it closes.
-pub async fn run(conn: Arc<ConnCtx>, mut channel: Channel<Msg>) {
+pub async fn run(conn: Arc<ConnCtx>, channel: Channel<Msg>, cancel: CancellationToken) {
+    let mut channel = Io::new(channel, cancel);
     let mut width: Option<u32> = None;
     loop {
         match channel.wait().await {
@@ -47,7 +50,7 @@ pub async fn run(conn: Arc<ConnCtx>, mut channel: Channel<Msg>) {
     }
 }
 
-async fn finish(channel: &Channel<Msg>, code: u32) {
+async fn finish(channel: &Io, code: u32) {
     let _ = channel.exit_status(code).await;
     let _ = channel.eof().await;
     let _ = channel.close().await;
@@ -81,11 +84,12 @@ fn ctx<'a>(
         in_shell,
         stdin,
         sessions: conn.shared.registry.as_ref(),
+        reach: &conn.shared.reach,
     }
 }
 
 /// Writes a response; with a terminal, newlines become CR LF.
-async fn write(channel: &Channel<Msg>, r: &Response, tty: bool) {
+async fn write(channel: &Io, r: &Response, tty: bool) {
     let fix = |s: &str| {
         if tty {
             s.replace('\n', "\r\n")
@@ -107,7 +111,7 @@ async fn write(channel: &Channel<Msg>, r: &Response, tty: bool) {
     }
 }
 
-async fn write_error(channel: &Channel<Msg>, e: &CmdError, tty: bool) -> u32 {
+async fn write_error(channel: &Io, e: &CmdError, tty: bool) -> u32 {
     let r = Response {
         stderr: Some(e.line()),
         code: e.exit_code(),
@@ -118,12 +122,7 @@ async fn write_error(channel: &Channel<Msg>, e: &CmdError, tty: bool) -> u32 {
 }
 
 /// `ssh gw CMD`: one command, its exit status back through ssh.
-async fn exec(
-    conn: &ConnCtx,
-    channel: &mut Channel<Msg>,
-    command: &[u8],
-    width: Option<u32>,
-) -> u32 {
+async fn exec(conn: &ConnCtx, channel: &mut Io, command: &[u8], width: Option<u32>) -> u32 {
     let tty = width.is_some();
     let words = match decode_line(command).and_then(|l| split_line(&l)) {
         Ok(w) => w,
@@ -183,7 +182,7 @@ fn cancelled() -> Response {
 }
 
 /// Reads a yes/no answer through the line editor; anything but y/yes is no.
-async fn read_answer(channel: &mut Channel<Msg>, editor: &mut LineEditor) -> bool {
+async fn read_answer(channel: &mut Io, editor: &mut LineEditor) -> bool {
     let _ = channel.data(&editor.take_output()[..]).await;
     loop {
         match channel.wait().await {
@@ -204,7 +203,7 @@ async fn read_answer(channel: &mut Channel<Msg>, editor: &mut LineEditor) -> boo
 }
 
 /// Collects stdin up to EOF, bounded in size and time.
-async fn read_stdin(channel: &mut Channel<Msg>) -> Result<String, CmdError> {
+async fn read_stdin(channel: &mut Io) -> Result<String, CmdError> {
     let mut buf = Vec::new();
     let read = async {
         loop {
@@ -234,7 +233,7 @@ async fn read_stdin(channel: &mut Channel<Msg>) -> Result<String, CmdError> {
 
 /// A shell without a terminal (`ssh gw < script`): each line is a command;
 /// the exit status is the last command's.
-async fn batch(conn: &ConnCtx, channel: &mut Channel<Msg>) -> u32 {
+async fn batch(conn: &ConnCtx, channel: &mut Io) -> u32 {
     let mut buf: Vec<u8> = Vec::new();
     let mut code = 0;
     let mut current: Option<String> = None;
@@ -272,7 +271,7 @@ async fn batch(conn: &ConnCtx, channel: &mut Channel<Msg>) -> u32 {
 
 async fn batch_line(
     conn: &ConnCtx,
-    channel: &Channel<Msg>,
+    channel: &Io,
     line: &[u8],
     current: &mut Option<String>,
 ) -> u32 {
@@ -319,7 +318,7 @@ impl<'a> Shell<'a> {
         }
     }
 
-    async fn banner(&mut self, channel: &Channel<Msg>) {
+    async fn banner(&mut self, channel: &Io) {
         let a = &self.conn.account;
         let mut text = format!("gatehouse: logged in as {} ({})\r\n", a.login, a.email);
         match self.conn.shared.store.memberships_of(a.id).await {
@@ -345,7 +344,7 @@ impl<'a> Shell<'a> {
     }
 
     /// Leaving the shell, by `exit` or Ctrl-D, is not an error: status 0.
-    async fn run(mut self, channel: &mut Channel<Msg>) -> u32 {
+    async fn run(mut self, channel: &mut Io) -> u32 {
         self.banner(channel).await;
         self.editor.start(&self.prompt());
         self.flush(channel).await;
@@ -369,7 +368,7 @@ impl<'a> Shell<'a> {
         }
     }
 
-    async fn flush(&mut self, channel: &Channel<Msg>) {
+    async fn flush(&mut self, channel: &Io) {
         let out = self.editor.take_output();
         if !out.is_empty() {
             let _ = channel.data(&out[..]).await;
@@ -377,7 +376,7 @@ impl<'a> Shell<'a> {
     }
 
     /// Handles one editor event; true when the shell should end.
-    async fn event(&mut self, channel: &Channel<Msg>, ev: Event) -> bool {
+    async fn event(&mut self, channel: &Io, ev: Event) -> bool {
         match ev {
             Event::Eof => {
                 let _ = channel.data(&b"\r\n"[..]).await;
@@ -426,7 +425,7 @@ impl<'a> Shell<'a> {
     }
 
     /// Runs a typed line; true when it was `exit`.
-    async fn line(&mut self, channel: &Channel<Msg>, line: &str) -> bool {
+    async fn line(&mut self, channel: &Io, line: &str) -> bool {
         self.editor.add_history(line);
         let words = match split_line(line) {
             Ok(w) if w.is_empty() => return false,

@@ -12,9 +12,12 @@ use russh::{Channel, ChannelOpenFailure};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use tokio_util::sync::CancellationToken;
+
 use super::ConnCtx;
-use super::sessions::{ChannelKind, Counters, LiveChannel};
+use super::sessions::{ChannelKind, Counters, LiveChannel, Refused};
 use crate::audit::{Event, Outcome};
+use crate::reach::Facts;
 use crate::target::{Resolved, Target};
 
 /// Buffer per direction: large enough to keep a fast link busy.
@@ -22,7 +25,32 @@ const COPY_BUF: usize = 256 * 1024;
 
 type OpenHandle = russh::server::ChannelOpenHandle;
 
+/// Registered channels are removed from the registry however the forward
+/// ends (refused, failed, revoked, closed).
+struct Registered<'a> {
+    conn: &'a ConnCtx,
+    id: russh::ChannelId,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.conn
+            .shared
+            .registry
+            .remove_channel(&self.conn.session_id, self.id);
+    }
+}
+
+/// How often a forward re-checks access when revocations keep arriving
+/// while it opens; past that it is refused (the client may retry).
+const MAX_STALE_RETRIES: usize = 5;
+
 /// Handles one direct-tcpip open from start to close.
+///
+/// Revocation is race-free by construction: the channel is registered
+/// (with its cancellation token) before it connects, and registration fails
+/// as stale when a revocation was applied after its access check began, so
+/// every revocation either is seen by the check or finds the channel.
 pub async fn run(
     conn: Arc<ConnCtx>,
     channel: Channel<Msg>,
@@ -30,108 +58,171 @@ pub async fn run(
     port: u32,
     reply: OpenHandle,
 ) {
-    let shown = format!("{host}:{port}");
-    let resolved = match resolve(&conn, &host, port).await {
-        Ok(r) => r,
-        Err(why) => {
-            tracing::warn!(account = %conn.account.login, source = %conn.source, target = %shown, reason = %why, "forward refused");
-            conn.shared.metrics.forward_refused();
-            audit(
-                &conn,
-                None,
-                &shown,
-                Outcome::Denied,
-                &format!("refused: {why}"),
-            )
-            .await;
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return;
-        }
-    };
-    let timeout = conn.shared.config.limits.connect_timeout;
-    let addr = resolved.connect.to_string();
-    let stream =
-        match crate::net::connect(&resolved.connect.host, resolved.connect.port, timeout).await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                let why = format!("cannot connect to {shown} ({addr}): {e}");
-                audit(&conn, Some(&resolved), &shown, Outcome::Failed, &why).await;
-                // Code 2 with our own description: the OpenSSH client prints
-                // "open failed: connect failed: <why>".
+    let shown = format!("{}:{port}", crate::model::printable(&host, 253));
+    let registry = &conn.shared.registry;
+    let channel_id = channel.id();
+    let counters = Arc::new(Counters::default());
+    let cancel = CancellationToken::new();
+    let mut stale = 0;
+    let (resolved, _registered) = loop {
+        let seen = registry.generation();
+        let resolved = match resolve(&conn, &host, port).await {
+            Ok(r) => r,
+            Err(why) => return refuse(&conn, None, &shown, &why, reply).await,
+        };
+        let mut live = LiveChannel::new(ChannelKind::Forward);
+        live.project = Some(resolved.project.clone());
+        live.cluster = Some(resolved.cluster.clone());
+        live.node = resolved.node.clone();
+        live.target = Some(shown.clone());
+        live.action = Some(resolved.action);
+        live.counters = counters.clone();
+        live.cancel = cancel.clone();
+        match registry.add_channel(&conn.session_id, channel_id, live, Some(seen)) {
+            Ok(()) => {
+                let guard = Registered {
+                    conn: &conn,
+                    id: channel_id,
+                };
+                break (resolved, guard);
+            }
+            Err(Refused::Stale) if stale < MAX_STALE_RETRIES => stale += 1,
+            Err(Refused::Stale) => {
+                let why = "access changed while the forward opened; try again";
+                return refuse(&conn, Some(&resolved), &shown, why, reply).await;
+            }
+            Err(Refused::Gone) => return,
+            Err(Refused::Limit(why)) => {
+                conn.shared.metrics.denial("max_channels");
+                tracing::warn!(account = %conn.account.login, source = %conn.source, target = %shown, reason = %why, "forward refused");
+                audit(&conn, Some(&resolved), &shown, Outcome::Denied, &why).await;
                 reply
                     .reject(ChannelOpenFailure::Other {
-                        code: ChannelOpenFailure::ConnectFailed.code(),
+                        code: ChannelOpenFailure::ResourceShortage.code(),
                         reason: why,
                     })
                     .await;
                 return;
             }
-        };
-    let _ = stream.set_nodelay(true);
-    let counters = Arc::new(Counters::default());
-    let channel_id = channel.id();
-    conn.shared.registry.add_channel(
-        &conn.session_id,
-        channel_id,
-        LiveChannel {
-            kind: ChannelKind::Forward,
-            project: Some(resolved.project.clone()),
-            cluster: Some(resolved.cluster.clone()),
-            node: resolved.node.clone(),
-            target: Some(shown.clone()),
-            counters: counters.clone(),
-            task: None,
-        },
+        }
+    };
+    let timeout = conn.shared.config.limits.connect_timeout;
+    let addr = resolved.connect.to_string();
+    let facts = match Facts::gather(
+        &conn.shared.store,
+        resolved.connect.port,
+        &resolved.cluster_hosts,
+    )
+    .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            let why = format!("cannot check the destination ({e})");
+            return refuse(&conn, Some(&resolved), &shown, &why, reply).await;
+        }
+    };
+    let dest = facts.destination(
+        &conn.shared.reach,
+        resolved.action,
+        resolved.node.as_deref(),
+        resolved.sshd_port,
     );
+    let connecting = crate::net::connect_checked(
+        &resolved.connect.host,
+        resolved.connect.port,
+        timeout,
+        |a| dest.check(a),
+    );
+    let connected = tokio::select! {
+        c = connecting => c,
+        _ = cancel.cancelled() => {
+            let why = "access revoked while the forward was connecting";
+            return refuse(&conn, Some(&resolved), &shown, why, reply).await;
+        }
+    };
+    let (stream, reached) = match connected {
+        Ok(c) => c,
+        Err(crate::net::ConnectError::Forbidden(why)) => {
+            return refuse(&conn, Some(&resolved), &shown, &why, reply).await;
+        }
+        Err(e) => {
+            let why = format!("cannot connect to {shown} ({addr}): {e}");
+            audit(&conn, Some(&resolved), &shown, Outcome::Failed, &why).await;
+            // Code 2 with our own description: the OpenSSH client prints
+            // "open failed: connect failed: <why>".
+            reply
+                .reject(ChannelOpenFailure::Other {
+                    code: ChannelOpenFailure::ConnectFailed.code(),
+                    reason: why,
+                })
+                .await;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
     reply.accept().await;
-    tracing::info!(account = %conn.account.login, source = %conn.source, target = %shown, to = %addr, "forward opened");
-    conn.shared.metrics.forward_opened();
-    let pipe = {
-        let counters = counters.clone();
-        let metrics = conn.shared.metrics.clone();
-        let activity = conn.activity.clone();
-        tokio::spawn(async move {
-            let mut ch = channel.into_stream();
-            let mut tcp = Counted {
-                inner: stream,
-                counters,
-                metrics,
-                activity,
-            };
-            tokio::io::copy_bidirectional_with_sizes(&mut ch, &mut tcp, COPY_BUF, COPY_BUF).await
-        })
+    tracing::info!(account = %conn.account.login, source = %conn.source, target = %shown, to = %reached, "forward opened");
+    let _open = conn.shared.metrics.forward_open();
+    let mut ch = channel.into_stream();
+    let mut tcp = Counted {
+        inner: stream,
+        counters: counters.clone(),
+        metrics: conn.shared.metrics.clone(),
+        activity: conn.activity.clone(),
     };
-    conn.shared
-        .registry
-        .set_channel_task(&conn.session_id, channel_id, pipe.abort_handle());
-    let end = match pipe.await {
-        Ok(Ok(_)) => "closed".to_string(),
+    let piped = tokio::select! {
+        r = tokio::io::copy_bidirectional_with_sizes(&mut ch, &mut tcp, COPY_BUF, COPY_BUF) => Some(r),
+        _ = cancel.cancelled() => None,
+    };
+    let end = match piped {
+        Some(Ok(_)) => "closed".to_string(),
         // The client going away mid-stream is an ordinary end.
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => "closed".to_string(),
-        Ok(Err(e)) => format!("ended: {e}"),
-        Err(e) if e.is_cancelled() => "ended: access revoked or session closed".to_string(),
-        Err(e) => format!("ended: {e}"),
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => "closed".to_string(),
+        Some(Err(e)) => format!("ended: {e}"),
+        None => "ended: access revoked or session closed".to_string(),
     };
-    conn.shared
-        .registry
-        .remove_channel(&conn.session_id, channel_id);
-    conn.shared.metrics.forward_closed();
+    drop((ch, tcp));
     super::memory::note_churn();
     let (up, down) = (
         counters.to_target.load(Ordering::Relaxed),
         counters.from_target.load(Ordering::Relaxed),
     );
-    tracing::info!(account = %conn.account.login, target = %shown, bytes_to_target = up, bytes_from_target = down, "forward {end}");
+    tracing::info!(account = %conn.account.login, target = %shown, to = %reached, bytes_to_target = up, bytes_from_target = down, "forward {end}");
     audit(
         &conn,
         Some(&resolved),
         &shown,
         Outcome::Ok,
-        &format!("{end}; {up} bytes to target, {down} bytes from target"),
+        &format!("{end}; to {reached}; {up} bytes to target, {down} bytes from target"),
     )
     .await;
+}
+
+/// Refuses an open as administratively prohibited, saying why, and audits
+/// it; nothing was connected.
+async fn refuse(
+    conn: &ConnCtx,
+    resolved: Option<&Resolved>,
+    shown: &str,
+    why: &str,
+    reply: OpenHandle,
+) {
+    tracing::warn!(account = %conn.account.login, source = %conn.source, target = %shown, reason = %why, "forward refused");
+    conn.shared.metrics.forward_refused();
+    audit(
+        conn,
+        resolved,
+        shown,
+        Outcome::Denied,
+        &format!("refused: {why}"),
+    )
+    .await;
+    reply
+        .reject(ChannelOpenFailure::Other {
+            code: ChannelOpenFailure::AdministrativelyProhibited.code(),
+            reason: format!("gatehouse refused {shown}: {why}"),
+        })
+        .await;
 }
 
 async fn resolve(conn: &ConnCtx, host: &str, port: u32) -> Result<Resolved, String> {

@@ -11,7 +11,8 @@ use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 
-use super::sessions::{ChannelKind, Counters, LiveChannel};
+use super::killable::KillSwitch;
+use super::sessions::{ChannelKind, LiveChannel, NewSession, Refused};
 use super::{ConnCtx, Shared, channel, forward};
 use crate::audit::{Event, Outcome};
 use crate::model::fingerprint_of;
@@ -30,6 +31,11 @@ pub struct Conn {
     last_user: String,
     /// Fingerprint of the last key refused, for the audit event.
     last_key: Option<String>,
+    /// Cuts the connection's TCP stream (see `killable`).
+    kill: Arc<KillSwitch>,
+    /// Its place among unauthenticated connections, freed once it
+    /// authenticates (or ends).
+    startup: Option<super::startups::Slot>,
 }
 
 fn publickey_only() -> Auth {
@@ -40,7 +46,12 @@ fn publickey_only() -> Auth {
 }
 
 impl Conn {
-    pub fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+        kill: Arc<KillSwitch>,
+        startup: super::startups::Slot,
+    ) -> Self {
         Conn {
             shared,
             peer,
@@ -51,6 +62,8 @@ impl Conn {
             failures: 0,
             last_user: String::new(),
             last_key: None,
+            kill,
+            startup: Some(startup),
         }
     }
 
@@ -183,6 +196,7 @@ impl russh::server::Handler for Conn {
             return Err(russh::Error::NotAuthenticated);
         };
         self.authenticated.store(true, Ordering::Relaxed);
+        self.startup = None;
         // The key exchange's buffers are free now.
         super::memory::note_churn();
         self.shared.penalties.success(self.peer.ip());
@@ -190,12 +204,15 @@ impl russh::server::Handler for Conn {
         let activity = Arc::new(std::sync::atomic::AtomicI64::new(crate::store::now_ms()));
         let max = self.shared.config.limits.max_sessions_per_account;
         let added = self.shared.registry.add(
-            account.id,
-            &account.login,
-            &fingerprint,
-            &self.source,
-            session.handle(),
-            activity.clone(),
+            NewSession {
+                account_id: account.id,
+                login: account.login.clone(),
+                fingerprint: fingerprint.clone(),
+                source: self.source.clone(),
+                handle: session.handle(),
+                activity: activity.clone(),
+                kill: self.kill.clone(),
+            },
             max,
         );
         let session_id = match added {
@@ -267,33 +284,39 @@ impl russh::server::Handler for Conn {
             return Ok(());
         };
         let id = channel.id();
+        // Registered before it is accepted, so the channel limits apply and
+        // a revocation finds it from its first byte.
+        let live = LiveChannel::new(ChannelKind::Exec);
+        let cancel = live.cancel.clone();
+        match ctx
+            .shared
+            .registry
+            .add_channel(&ctx.session_id, id, live, None)
+        {
+            Ok(()) => {}
+            Err(Refused::Limit(why)) => {
+                ctx.shared.metrics.denial("max_channels");
+                tracing::warn!(account = %ctx.account.login, source = %self.source, reason = %why, "session channel refused");
+                reply
+                    .reject(russh::ChannelOpenFailure::Other {
+                        code: russh::ChannelOpenFailure::ResourceShortage.code(),
+                        reason: why,
+                    })
+                    .await;
+                return Ok(());
+            }
+            Err(_) => return Ok(()),
+        }
         reply.accept().await;
-        ctx.shared.registry.add_channel(
-            &ctx.session_id,
-            id,
-            LiveChannel {
-                kind: ChannelKind::Exec,
-                project: None,
-                cluster: None,
-                node: None,
-                target: None,
-                counters: Arc::new(Counters::default()),
-                task: None,
-            },
-        );
         let task_ctx = ctx.clone();
-        let task = tokio::spawn(async move {
-            task_ctx.shared.metrics.channel_opened("session");
-            channel::run(task_ctx.clone(), channel).await;
-            task_ctx.shared.metrics.channel_closed("session");
+        tokio::spawn(async move {
+            let _open = task_ctx.shared.metrics.channel_open("session");
+            channel::run(task_ctx.clone(), channel, cancel).await;
             task_ctx
                 .shared
                 .registry
                 .remove_channel(&task_ctx.session_id, id);
         });
-        ctx.shared
-            .registry
-            .set_channel_task(&ctx.session_id, id, task.abort_handle());
         Ok(())
     }
 

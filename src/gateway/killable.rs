@@ -18,14 +18,20 @@ use tokio::net::TcpStream;
 pub struct KillSwitch {
     killed: AtomicBool,
     reader: Mutex<Option<Waker>>,
+    /// A write waiting on a client that does not read is woken too, so a
+    /// cut connection ends even when its session is stuck writing.
+    writer: Mutex<Option<Waker>>,
 }
 
 impl KillSwitch {
-    /// Makes the stream's reads fail from now on, waking a pending read.
+    /// Makes the stream's reads and writes fail from now on, waking any
+    /// that are pending.
     pub fn kill(&self) {
         self.killed.store(true, Ordering::SeqCst);
-        if let Some(w) = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            w.wake();
+        for slot in [&self.reader, &self.writer] {
+            if let Some(w) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                w.wake();
+            }
         }
     }
 }
@@ -88,6 +94,7 @@ impl AsyncWrite for Killable {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        *self.switch.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
         if self.switch.killed.load(Ordering::SeqCst) {
             return Poll::Ready(Err(aborted()));
         }
@@ -95,6 +102,9 @@ impl AsyncWrite for Killable {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.switch.killed.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(aborted()));
+        }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
@@ -107,6 +117,7 @@ impl AsyncWrite for Killable {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        *self.switch.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
         if self.switch.killed.load(Ordering::SeqCst) {
             return Poll::Ready(Err(aborted()));
         }

@@ -5,6 +5,7 @@
 //! allocator's tuning and trimming in `memory` (private modules).
 
 mod channel;
+mod channel_io;
 mod forward;
 mod handler;
 mod killable;
@@ -12,10 +13,11 @@ pub mod line_editor;
 mod memory;
 mod penalty;
 pub mod sessions;
+mod startups;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -35,6 +37,17 @@ pub struct Shared {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub penalties: Arc<penalty::Penalties>,
+    /// What forwards may land on (the operator's rules).
+    pub reach: crate::reach::Rules,
+}
+
+/// An accepted connection on its way to a worker, with what it holds: its
+/// place among all connections and among the unauthenticated ones.
+struct Accepted {
+    sock: std::net::TcpStream,
+    peer: std::net::SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    slot: startups::Slot,
 }
 
 /// An authenticated connection, as channels see it.
@@ -157,7 +170,7 @@ fn russh_config(config: &Config, key: PrivateKey) -> russh::server::Config {
 /// channel and forward tasks never hop between threads: on the forwarding
 /// hot path that is worth a third of the throughput (see BENCHMARKS.md).
 struct Worker {
-    conns: tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, std::net::SocketAddr)>,
+    conns: tokio::sync::mpsc::UnboundedSender<Accepted>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -169,7 +182,7 @@ struct Common {
     penalties: Arc<penalty::Penalties>,
     config: Config,
     ssh_config: Arc<russh::server::Config>,
-    open: Arc<AtomicUsize>,
+    reach: crate::reach::Rules,
 }
 
 fn start_worker(
@@ -178,17 +191,16 @@ fn start_worker(
     exit: tokio::sync::watch::Receiver<bool>,
     ready: tokio::sync::mpsc::UnboundedSender<Result<()>>,
 ) -> Result<Worker> {
-    let (conns, mut incoming) =
-        tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, std::net::SocketAddr)>();
+    let (conns, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
     let (registry, metrics, penalties) = (
         common.registry.clone(),
         common.metrics.clone(),
         common.penalties.clone(),
     );
-    let (config, ssh_config, open) = (
+    let (config, ssh_config, reach) = (
         common.config.clone(),
         common.ssh_config.clone(),
-        common.open.clone(),
+        common.reach.clone(),
     );
     let thread = std::thread::Builder::new()
         .name(format!("gatehouse-{index}"))
@@ -215,6 +227,7 @@ fn start_worker(
                     penalties,
                     metrics,
                     config,
+                    reach,
                 });
                 let _ = ready.send(Ok(()));
                 let mut exit = exit;
@@ -222,19 +235,21 @@ fn start_worker(
                     tokio::select! {
                         _ = exit.wait_for(|e| *e) => break,
                         next = incoming.recv() => {
-                            let Some((sock, peer)) = next else { break };
-                            let sock = match tokio::net::TcpStream::from_std(sock) {
+                            let Some(accepted) = next else { break };
+                            let sock = match tokio::net::TcpStream::from_std(accepted.sock) {
                                 Ok(s) => s,
                                 Err(e) => {
                                     tracing::warn!(error = %e, "cannot adopt an accepted connection");
-                                    open.fetch_sub(1, Ordering::Relaxed);
                                     continue;
                                 }
                             };
-                            let (shared, ssh_config, open) = (shared.clone(), ssh_config.clone(), open.clone());
+                            let (shared, ssh_config) = (shared.clone(), ssh_config.clone());
+                            let (peer, slot) = (accepted.peer, accepted.slot);
+                            // The permit lives as long as the task, however it ends.
+                            let permit = accepted.permit;
                             tokio::spawn(async move {
-                                connection(shared, ssh_config, sock, peer).await;
-                                open.fetch_sub(1, Ordering::Relaxed);
+                                let _permit = permit;
+                                connection(shared, ssh_config, sock, peer, slot).await;
                             });
                         }
                     }
@@ -264,7 +279,20 @@ pub async fn serve(config: Config) -> Result<()> {
             .with_context(|| format!("cannot listen for metrics on {}", config.metrics.listen))?;
         tokio::spawn(crate::metrics::serve(m, metrics.clone(), store.clone()));
     }
-    let registry = Registry::new();
+    let registry = Registry::new(sessions::ChannelLimits {
+        per_connection: config.limits.max_channels_per_connection,
+        per_account: config.limits.max_channels_per_account,
+    });
+    let mut own_ports = vec![addr.port()];
+    if let Ok(m) = config.metrics.listen.parse::<std::net::SocketAddr>() {
+        own_ports.push(m.port());
+    }
+    let reach = config.forwarding.rules(own_ports)?;
+    let startups = startups::Startups::new(
+        config.limits.max_startups()?,
+        config.limits.per_source_max_startups,
+    );
+    let connections = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
     let follower = tokio::spawn(registry.clone().follow(store.clone()));
     let idle_sweeper = tokio::spawn(registry.clone().watch_idle(config.limits.idle_timeout));
     let trimmer = tokio::spawn(memory::trimmer());
@@ -274,7 +302,7 @@ pub async fn serve(config: Config) -> Result<()> {
         penalties: Arc::new(penalty::Penalties::new(&config.limits)),
         config: config.clone(),
         ssh_config: Arc::new(russh_config(&config, key)),
-        open: Arc::new(AtomicUsize::new(0)),
+        reach,
     };
     let count = match config.server.workers {
         0 => std::thread::available_parallelism()
@@ -305,6 +333,7 @@ pub async fn serve(config: Config) -> Result<()> {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of file descriptors, typically: wait, do not spin.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -316,17 +345,35 @@ pub async fn serve(config: Config) -> Result<()> {
             metrics.denial("penalty");
             continue;
         }
-        if common.open.load(Ordering::Relaxed) >= config.limits.max_connections {
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
             tracing::warn!(source = %peer, max = config.limits.max_connections, "connection refused: too many connections");
             metrics.denial("max_connections");
             continue;
-        }
+        };
+        let slot = match startups.admit(peer.ip(), rand::random_range(0..100)) {
+            Ok(slot) => slot,
+            Err(why) => {
+                let (kind, limit) = match why {
+                    startups::Dropped::MaxStartups => ("max_startups", "limits.max_startups"),
+                    startups::Dropped::PerSource => {
+                        ("per_source_max_startups", "limits.per_source_max_startups")
+                    }
+                };
+                tracing::info!(source = %peer, limit, unauthenticated = startups.held(), "connection dropped: too many unauthenticated connections");
+                metrics.denial(kind);
+                continue;
+            }
+        };
         let _ = sock.set_nodelay(true);
         let Ok(sock) = sock.into_std() else { continue };
-        common.open.fetch_add(1, Ordering::Relaxed);
         // Round robin: connections are alike until authenticated.
-        if workers[next % count].conns.send((sock, peer)).is_err() {
-            common.open.fetch_sub(1, Ordering::Relaxed);
+        let accepted = Accepted {
+            sock,
+            peer,
+            permit,
+            slot,
+        };
+        if workers[next % count].conns.send(accepted).is_err() {
             tracing::error!(worker = next % count, "a worker is gone");
         }
         next = next.wrapping_add(1);
@@ -350,11 +397,12 @@ async fn connection(
     ssh_config: Arc<russh::server::Config>,
     sock: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
+    slot: startups::Slot,
 ) {
     let grace = shared.config.limits.login_grace_time;
-    let conn = handler::Conn::new(shared, peer);
-    let authenticated = conn.authenticated.clone();
     let (sock, switch) = killable::Killable::new(sock);
+    let conn = handler::Conn::new(shared, peer, switch.clone(), slot);
+    let authenticated = conn.authenticated.clone();
     // Boxed: the set-up future is large and only lives until the handshake
     // starts, while this task lives as long as the connection.
     let setup = tokio::time::timeout(
@@ -395,27 +443,20 @@ async fn connection(
 }
 
 /// Stops gracefully: shells are told, forwards get `grace` to finish,
-/// then every session is disconnected.
+/// then every session is disconnected (cut, if its client does not take
+/// the message within seconds).
 async fn shutdown(registry: &Registry, grace: Duration) {
     tracing::info!(grace = ?grace, "shutting down: no new connections");
-    for (handle, channels) in registry.handles() {
-        for (id, kind) in channels {
-            if kind == ChannelKind::Shell {
-                let _ = handle
-                    .data(
-                        id,
-                        &b"\r\ngatehouse is shutting down; this session will end.\r\n"[..],
-                    )
-                    .await;
-            }
-        }
-    }
+    registry.tell_shells("\r\ngatehouse is shutting down; this session will end.\r\n");
     let deadline = tokio::time::Instant::now() + grace;
     while registry.forwards_open() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for (handle, _) in registry.handles() {
-        sessions::disconnect(handle, "gateway shutting down").await;
+    registry.end_all("gateway shutting down");
+    // Disconnects are delivered or cut within a few seconds (see
+    // `sessions::end_session`); wait for the sessions to go.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while registry.session_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
 }

@@ -10,10 +10,12 @@ use std::time::Duration;
 use russh::ChannelId;
 use russh::server::Handle;
 use tokio::sync::Notify;
-use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
 
+use super::killable::KillSwitch;
 use crate::commands::{ChannelInfo, SessionInfo, Sessions};
-use crate::store::{Revocation, Store, format_time, now_ms};
+use crate::policy::Action;
+use crate::store::{ChannelFacts, Revocation, Store, format_time, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelKind {
@@ -45,8 +47,54 @@ pub struct LiveChannel {
     pub cluster: Option<String>,
     pub node: Option<String>,
     pub target: Option<String>,
+    /// What a forward serves (nodes, the Kubernetes API, the dashboard):
+    /// API and dashboard forwards end when the cluster's settings change.
+    pub action: Option<Action>,
     pub counters: Arc<Counters>,
-    pub task: Option<AbortHandle>,
+    /// Cancelled when access is revoked or the session ends. Channel tasks
+    /// watch it and stop at a safe point (never in the middle of a
+    /// command's change and its audit event).
+    pub cancel: CancellationToken,
+}
+
+impl LiveChannel {
+    fn facts(&self) -> ChannelFacts<'_> {
+        ChannelFacts {
+            forward: self.kind == ChannelKind::Forward,
+            api: matches!(
+                self.action,
+                Some(Action::UseKubernetes | Action::AccessDashboard)
+            ),
+            project: self.project.as_deref(),
+            cluster: self.cluster.as_deref(),
+            node: self.node.as_deref(),
+        }
+    }
+
+    pub fn new(kind: ChannelKind) -> LiveChannel {
+        LiveChannel {
+            kind,
+            project: None,
+            cluster: None,
+            node: None,
+            target: None,
+            action: None,
+            counters: Arc::new(Counters::default()),
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
+/// What identifies an authenticated connection in the registry.
+pub struct NewSession {
+    pub account_id: i64,
+    pub login: String,
+    pub fingerprint: String,
+    pub source: String,
+    pub handle: Handle,
+    pub activity: Arc<std::sync::atomic::AtomicI64>,
+    /// Cuts the TCP stream when a disconnect cannot be delivered.
+    pub kill: Arc<KillSwitch>,
 }
 
 struct LiveSession {
@@ -56,27 +104,56 @@ struct LiveSession {
     source: String,
     started_ms: i64,
     handle: Handle,
+    kill: Arc<KillSwitch>,
     channels: HashMap<ChannelId, LiveChannel>,
     /// When traffic last moved, in ms since the epoch (see `ConnCtx::touch`).
     activity: Arc<std::sync::atomic::AtomicI64>,
     /// The shells were told this session is about to close for idleness.
     warned: bool,
+    /// A disconnect is under way: sweeps do not start another.
+    closing: bool,
+}
+
+/// Why a channel could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The session has ended.
+    Gone,
+    /// A revocation was applied since the caller read the generation: its
+    /// access check may be stale; check again.
+    Stale,
+    /// A channel limit; the text says which.
+    Limit(String),
+}
+
+/// Open channels one connection, and one account, may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelLimits {
+    pub per_connection: usize,
+    pub per_account: usize,
 }
 
 pub struct Registry {
     sessions: Mutex<HashMap<String, LiveSession>>,
     next: AtomicU64,
+    /// How many revocations this registry has applied; changed only with
+    /// the lock held, so a channel registered under the lock with the
+    /// generation its access check started from cannot miss one.
+    generation: AtomicU64,
+    limits: ChannelLimits,
     /// Distinguishes this replica's session ids from other replicas'.
     prefix: String,
     wake: Notify,
 }
 
 impl Registry {
-    pub fn new() -> Arc<Registry> {
+    pub fn new(limits: ChannelLimits) -> Arc<Registry> {
         let prefix = format!("{:04x}", rand::random::<u16>());
         Arc::new(Registry {
             sessions: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
+            generation: AtomicU64::new(0),
+            limits,
             prefix,
             wake: Notify::new(),
         })
@@ -87,24 +164,20 @@ impl Registry {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Read before an access check whose result will be registered with
+    /// [`Registry::add_channel`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     /// Registers an authenticated connection; returns its id, or the limit
     /// when the account already holds `max_per_account` sessions (checked
     /// and registered under one lock, so racing logins cannot both pass).
-    #[allow(clippy::too_many_arguments)]
-    pub fn add(
-        &self,
-        account_id: i64,
-        login: &str,
-        fingerprint: &str,
-        source: &str,
-        handle: Handle,
-        activity: Arc<std::sync::atomic::AtomicI64>,
-        max_per_account: usize,
-    ) -> Result<String, usize> {
+    pub fn add(&self, new: NewSession, max_per_account: usize) -> Result<String, usize> {
         let mut sessions = self.lock();
         let held = sessions
             .values()
-            .filter(|s| s.account_id == account_id)
+            .filter(|s| s.account_id == new.account_id)
             .count();
         if held >= max_per_account {
             return Err(max_per_account);
@@ -117,26 +190,27 @@ impl Registry {
         sessions.insert(
             id.clone(),
             LiveSession {
-                account_id,
-                login: login.to_string(),
-                fingerprint: fingerprint.to_string(),
-                source: source.to_string(),
+                account_id: new.account_id,
+                login: new.login,
+                fingerprint: new.fingerprint,
+                source: new.source,
                 started_ms: now_ms(),
-                handle,
+                handle: new.handle,
+                kill: new.kill,
                 channels: HashMap::new(),
-                activity,
+                activity: new.activity,
                 warned: false,
+                closing: false,
             },
         );
         Ok(id)
     }
 
+    /// Forgets a closed connection and stops its channels.
     pub fn remove(&self, id: &str) {
         if let Some(s) = self.lock().remove(id) {
             for ch in s.channels.values() {
-                if let Some(t) = &ch.task {
-                    t.abort();
-                }
+                ch.cancel.cancel();
             }
         }
     }
@@ -145,13 +219,46 @@ impl Registry {
         self.lock().contains_key(id)
     }
 
-    pub fn add_channel(&self, session: &str, id: ChannelId, ch: LiveChannel) {
-        if let Some(s) = self.lock().get_mut(session) {
-            s.channels.insert(id, ch);
-        } else if let Some(t) = ch.task {
-            // The session ended meanwhile.
-            t.abort();
+    /// Registers a channel before it can carry a byte. With `seen` (the
+    /// [`Registry::generation`] read before the caller's access check), a
+    /// revocation applied since makes it [`Refused::Stale`]: check again.
+    /// The channel limits are checked under the same lock.
+    pub fn add_channel(
+        &self,
+        session: &str,
+        id: ChannelId,
+        ch: LiveChannel,
+        seen: Option<u64>,
+    ) -> Result<(), Refused> {
+        let mut sessions = self.lock();
+        if seen.is_some_and(|g| g != self.generation.load(Ordering::SeqCst)) {
+            return Err(Refused::Stale);
         }
+        let Some(s) = sessions.get(session) else {
+            return Err(Refused::Gone);
+        };
+        let account = s.account_id;
+        if s.channels.len() >= self.limits.per_connection {
+            return Err(Refused::Limit(format!(
+                "too many open channels on this connection (limits.max_channels_per_connection = {})",
+                self.limits.per_connection
+            )));
+        }
+        let of_account: usize = sessions
+            .values()
+            .filter(|s| s.account_id == account)
+            .map(|s| s.channels.len())
+            .sum();
+        if of_account >= self.limits.per_account {
+            return Err(Refused::Limit(format!(
+                "too many open channels for this account (limits.max_channels_per_account = {})",
+                self.limits.per_account
+            )));
+        }
+        if let Some(s) = sessions.get_mut(session) {
+            s.channels.insert(id, ch);
+        }
+        Ok(())
     }
 
     /// A session channel becomes a shell or a command, in a project.
@@ -172,17 +279,6 @@ impl Registry {
         }
     }
 
-    pub fn set_channel_task(&self, session: &str, id: ChannelId, task: AbortHandle) {
-        match self
-            .lock()
-            .get_mut(session)
-            .and_then(|s| s.channels.get_mut(&id))
-        {
-            Some(ch) => ch.task = Some(task),
-            None => task.abort(),
-        }
-    }
-
     pub fn remove_channel(&self, session: &str, id: ChannelId) {
         if let Some(s) = self.lock().get_mut(session) {
             s.channels.remove(&id);
@@ -194,81 +290,44 @@ impl Registry {
     pub fn apply(&self, r: &Revocation) -> usize {
         let mut ended = 0;
         let mut sessions = self.lock();
+        // Under the lock: a channel registered after this saw the change.
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let why = r.reason();
         for (id, s) in sessions.iter_mut() {
+            let doomed: Vec<ChannelId> = s
+                .channels
+                .iter()
+                .filter(|(_, ch)| r.ends_channel(s.account_id, id, ch.facts()))
+                .map(|(id, _)| *id)
+                .collect();
             let whole = match r {
                 Revocation::Account { account_id } => s.account_id == *account_id,
                 Revocation::Key {
                     account_id,
                     fingerprint,
                 } => s.account_id == *account_id && &s.fingerprint == fingerprint,
-                Revocation::Session { id: sid } => sid == id,
+                // A project admin's kill ends the session only when nothing
+                // of it belongs to another project.
+                Revocation::Session { id: sid, project } => {
+                    sid == id
+                        && project.as_ref().is_none_or(|p| {
+                            s.channels
+                                .values()
+                                .all(|c| c.project.as_ref().is_none_or(|cp| cp == p))
+                        })
+                }
                 _ => false,
             };
-            let why = r.reason();
             if whole {
                 tracing::info!(session = %id, account = %s.login, reason = %why, "ending session");
-                for ch in s.channels.values() {
-                    if let Some(t) = &ch.task {
-                        t.abort();
-                    }
-                }
-                tokio::spawn(disconnect(s.handle.clone(), why.clone()));
+                end_session(s, why.clone());
                 ended += 1;
                 continue;
             }
-            let doomed: Vec<ChannelId> = s
-                .channels
-                .iter()
-                .filter(|(_, ch)| match r {
-                    Revocation::Membership {
-                        account_id,
-                        project,
-                    } => s.account_id == *account_id && ch.project.as_deref() == Some(project),
-                    Revocation::Project { project } => ch.project.as_deref() == Some(project),
-                    Revocation::Cluster { project, cluster } => {
-                        ch.kind == ChannelKind::Forward
-                            && ch.project.as_deref() == Some(project)
-                            && ch.cluster.as_deref() == Some(cluster)
-                    }
-                    Revocation::Node {
-                        project,
-                        cluster,
-                        node,
-                    } => {
-                        ch.kind == ChannelKind::Forward
-                            && ch.project.as_deref() == Some(project)
-                            && ch.cluster.as_deref() == Some(cluster)
-                            && ch.node.as_deref() == Some(node)
-                    }
-                    _ => false,
-                })
-                .map(|(id, _)| *id)
-                .collect();
             for ch_id in doomed {
                 if let Some(ch) = s.channels.remove(&ch_id) {
                     tracing::info!(session = %id, account = %s.login, kind = ch.kind.as_str(), target = ?ch.target, reason = %why, "ending channel");
-                    if let Some(t) = ch.task {
-                        t.abort();
-                    }
-                    let handle = s.handle.clone();
-                    let kind = ch.kind;
-                    let why = why.clone();
-                    tokio::spawn(async move {
-                        // A person at a shell or command is told why, in the
-                        // words a disconnect would use.
-                        match kind {
-                            ChannelKind::Shell => {
-                                let line = format!("\r\ngatehouse: {why}\r\n");
-                                let _ = handle.data(ch_id, line.into_bytes()).await;
-                            }
-                            ChannelKind::Exec => {
-                                let line = format!("gatehouse: {why}\n");
-                                let _ = handle.extended_data(ch_id, 1, line.into_bytes()).await;
-                            }
-                            ChannelKind::Forward => {}
-                        }
-                        let _ = handle.close(ch_id).await;
-                    });
+                    end_channel(&s.handle, ch_id, ch, why.clone());
                     ended += 1;
                 }
             }
@@ -328,8 +387,10 @@ impl Registry {
             let quiet =
                 Duration::from_millis((now - s.activity.load(Ordering::Relaxed)).max(0) as u64);
             if quiet >= idle {
-                tracing::info!(session = %id, account = %s.login, idle = ?quiet, "closing idle session");
-                tokio::spawn(disconnect(s.handle.clone(), "idle timeout"));
+                if !s.closing {
+                    tracing::info!(session = %id, account = %s.login, idle = ?quiet, "closing idle session");
+                    end_session(s, "idle timeout".into());
+                }
             } else if quiet + warn_before >= idle {
                 if !s.warned {
                     s.warned = true;
@@ -346,7 +407,11 @@ impl Registry {
                     let handle = s.handle.clone();
                     tokio::spawn(async move {
                         for ch in shells {
-                            let _ = handle.data(ch, msg.clone().into_bytes()).await;
+                            let _ = tokio::time::timeout(
+                                SEND_TIMEOUT,
+                                handle.data(ch, msg.clone().into_bytes()),
+                            )
+                            .await;
                         }
                     });
                 }
@@ -366,17 +431,33 @@ impl Registry {
         }
     }
 
-    /// Tells every live session something (shutdown notice).
-    pub fn handles(&self) -> Vec<(Handle, Vec<(ChannelId, ChannelKind)>)> {
-        self.lock()
-            .values()
-            .map(|s| {
-                (
-                    s.handle.clone(),
-                    s.channels.iter().map(|(id, c)| (*id, c.kind)).collect(),
-                )
-            })
-            .collect()
+    /// Tells every shell something (the shutdown notice), without waiting
+    /// on any client.
+    pub fn tell_shells(&self, text: &'static str) {
+        for s in self.lock().values() {
+            for (id, c) in &s.channels {
+                if c.kind == ChannelKind::Shell {
+                    let (handle, id) = (s.handle.clone(), *id);
+                    tokio::spawn(async move {
+                        let _ =
+                            tokio::time::timeout(SEND_TIMEOUT, handle.data(id, text.as_bytes()))
+                                .await;
+                    });
+                }
+            }
+        }
+    }
+
+    /// Ends every session with `reason`; each is cut within
+    /// [`SEND_TIMEOUT`] twice over, whatever its client does.
+    pub fn end_all(&self, reason: &str) {
+        for s in self.lock().values_mut() {
+            end_session(s, reason.to_string());
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.lock().len()
     }
 
     pub fn forwards_open(&self) -> usize {
@@ -438,13 +519,58 @@ impl Sessions for Registry {
     }
 }
 
-/// Ends a session with an SSH disconnect message giving `reason`.
-pub async fn disconnect(handle: Handle, reason: impl Into<String>) {
-    let _ = handle
-        .disconnect(
-            russh::Disconnect::ByApplication,
-            reason.into(),
-            String::new(),
+/// How long a message to a session may wait to be queued: a connection
+/// whose client stops reading must not hold up the gateway.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Stops every channel of a session and disconnects it with `reason`; if
+/// the disconnect cannot be delivered in time, the TCP stream is cut. Marks
+/// the session closing so a sweep does not start a second one.
+fn end_session(s: &mut LiveSession, reason: String) {
+    s.closing = true;
+    for ch in s.channels.values() {
+        ch.cancel.cancel();
+    }
+    let (handle, kill) = (s.handle.clone(), s.kill.clone());
+    tokio::spawn(async move {
+        let sent = tokio::time::timeout(
+            SEND_TIMEOUT,
+            handle.disconnect(russh::Disconnect::ByApplication, reason, String::new()),
         )
         .await;
+        // Delivered or not, the connection ends: give a delivered message
+        // time to reach the client, then cut what is left.
+        if sent.is_ok() {
+            tokio::time::sleep(SEND_TIMEOUT).await;
+        }
+        kill.kill();
+    });
+}
+
+/// Stops one channel: a forward stops piping (its task audits the end); a
+/// person at a shell or command is told why, in the words a disconnect
+/// would use, and the channel is closed.
+fn end_channel(handle: &Handle, id: ChannelId, ch: LiveChannel, why: String) {
+    ch.cancel.cancel();
+    let handle = handle.clone();
+    tokio::spawn(async move {
+        let told = match ch.kind {
+            ChannelKind::Shell => {
+                let line = format!("\r\ngatehouse: {why}\r\n");
+                tokio::time::timeout(SEND_TIMEOUT, handle.data(id, line.into_bytes()))
+                    .await
+                    .is_ok()
+            }
+            ChannelKind::Exec => {
+                let line = format!("gatehouse: {why}\n");
+                tokio::time::timeout(SEND_TIMEOUT, handle.extended_data(id, 1, line.into_bytes()))
+                    .await
+                    .is_ok()
+            }
+            ChannelKind::Forward => true,
+        };
+        if told && ch.kind != ChannelKind::Forward {
+            let _ = tokio::time::timeout(SEND_TIMEOUT, handle.close(id)).await;
+        }
+    });
 }

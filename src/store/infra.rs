@@ -385,12 +385,27 @@ impl Store {
         Ok(removed)
     }
 
+    /// Applies validated config changes in one transaction. A change of
+    /// `kube_api` or `dashboard` ends the forwards to the old addresses.
     pub async fn cluster_configure(
         &self,
-        cluster_id: i64,
+        cluster: &Cluster,
         changes: &[ClusterConfigChange],
     ) -> Result<()> {
+        let cluster_id = cluster.id;
         let mut tx = self.begin_write().await?;
+        if changes.iter().any(|c| {
+            matches!(
+                c,
+                ClusterConfigChange::KubeApi(_) | ClusterConfigChange::Dashboard(_)
+            )
+        }) {
+            let r = Revocation::ClusterApi {
+                project: cluster.project.clone(),
+                cluster: cluster.name.clone(),
+            };
+            super::revocations::append(&mut *tx, &r).await?;
+        }
         for change in changes {
             let q = match change {
                 ClusterConfigChange::Description(v) => {

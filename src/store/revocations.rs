@@ -25,10 +25,58 @@ pub enum Revocation {
     },
     /// Forwards to anything of the cluster (deleted).
     Cluster { project: String, cluster: String },
-    /// One session, by id (`session kill`).
-    Session { id: String },
+    /// One session, by id (`session kill`). With a project (a project
+    /// admin's kill), only what it does in that project, unless it does
+    /// nothing elsewhere.
+    Session { id: String, project: Option<String> },
     /// Everything in the project (deleted).
     Project { project: String },
+    /// Forwards to the cluster's Kubernetes API and dashboard (their
+    /// addresses changed).
+    ClusterApi { project: String, cluster: String },
+}
+
+/// One live channel, as a revocation is matched against it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChannelFacts<'a> {
+    pub forward: bool,
+    /// A forward to the Kubernetes API or the dashboard.
+    pub api: bool,
+    pub project: Option<&'a str>,
+    pub cluster: Option<&'a str>,
+    pub node: Option<&'a str>,
+}
+
+impl Revocation {
+    /// Whether this revocation ends `ch`, a channel of session `session`
+    /// of account `account_id`. Revocations of a whole session (account,
+    /// key, kill) are decided by the registry, which knows the session.
+    pub fn ends_channel(&self, account_id: i64, session: &str, ch: ChannelFacts<'_>) -> bool {
+        let in_cluster = |p: &str, c: &str| ch.project == Some(p) && ch.cluster == Some(c);
+        match self {
+            Revocation::Membership {
+                account_id: a,
+                project,
+            } => account_id == *a && ch.project == Some(project.as_str()),
+            Revocation::Project { project } => ch.project == Some(project.as_str()),
+            Revocation::Cluster { project, cluster } => ch.forward && in_cluster(project, cluster),
+            Revocation::Node {
+                project,
+                cluster,
+                node,
+            } => ch.forward && in_cluster(project, cluster) && ch.node == Some(node.as_str()),
+            Revocation::ClusterApi { project, cluster } => {
+                ch.forward && ch.api && in_cluster(project, cluster)
+            }
+            Revocation::Session {
+                id,
+                project: Some(p),
+            } => id == session && ch.project == Some(p.as_str()),
+            Revocation::Account { .. } | Revocation::Key { .. } | Revocation::Session { .. } => {
+                false
+            }
+        }
+    }
 }
 
 impl Revocation {
@@ -45,6 +93,9 @@ impl Revocation {
             }
             Revocation::Cluster { cluster, .. } => format!("cluster {cluster} was deleted"),
             Revocation::Session { .. } => "session ended by a project admin".to_string(),
+            Revocation::ClusterApi { cluster, .. } => {
+                format!("the API or dashboard address of cluster {cluster} changed")
+            }
             Revocation::Project { project } => format!("project {project} was deleted"),
         };
         format!("access revoked: {cause}")
@@ -86,7 +137,14 @@ impl Revocation {
                 project: project?,
                 cluster: cluster?,
             },
-            "session" => Revocation::Session { id: session? },
+            "session" => Revocation::Session {
+                id: session?,
+                project,
+            },
+            "cluster_api" => Revocation::ClusterApi {
+                project: project?,
+                cluster: cluster?,
+            },
             "project" => Revocation::Project { project: project? },
             _ => return None,
         };
@@ -160,7 +218,24 @@ where
             None,
             None,
         ),
-        Revocation::Session { id } => ("session", None, None, None, None, None, Some(id)),
+        Revocation::Session { id, project } => (
+            "session",
+            None,
+            project.as_deref(),
+            None,
+            None,
+            None,
+            Some(id),
+        ),
+        Revocation::ClusterApi { project, cluster } => (
+            "cluster_api",
+            None,
+            Some(project),
+            Some(cluster),
+            None,
+            None,
+            None,
+        ),
         Revocation::Project { project } => ("project", None, Some(project), None, None, None, None),
     };
     sqlx::query(
@@ -212,5 +287,77 @@ impl Store {
             .execute(self.pool())
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd<'a>(
+        project: &'a str,
+        cluster: &'a str,
+        node: Option<&'a str>,
+        api: bool,
+    ) -> ChannelFacts<'a> {
+        ChannelFacts {
+            forward: true,
+            api,
+            project: Some(project),
+            cluster: Some(cluster),
+            node,
+        }
+    }
+
+    #[test]
+    fn each_revocation_ends_what_it_names_and_nothing_else() {
+        let n1 = fwd("p", "c", Some("n1"), false);
+        let kube_on_n1 = fwd("p", "c", Some("n1"), true);
+        let dash = fwd("p", "c", None, true);
+        let other = fwd("q", "c", Some("n1"), false);
+        let shell = ChannelFacts {
+            project: Some("p"),
+            ..Default::default()
+        };
+        let node = Revocation::Node {
+            project: "p".into(),
+            cluster: "c".into(),
+            node: "n1".into(),
+        };
+        assert!(node.ends_channel(1, "s", n1));
+        assert!(
+            node.ends_channel(1, "s", kube_on_n1),
+            "an API forward via the node"
+        );
+        assert!(!node.ends_channel(1, "s", dash));
+        assert!(!node.ends_channel(1, "s", other));
+        assert!(!node.ends_channel(1, "s", shell));
+        let api = Revocation::ClusterApi {
+            project: "p".into(),
+            cluster: "c".into(),
+        };
+        assert!(api.ends_channel(1, "s", kube_on_n1) && api.ends_channel(1, "s", dash));
+        assert!(!api.ends_channel(1, "s", n1));
+        let m = Revocation::Membership {
+            account_id: 1,
+            project: "p".into(),
+        };
+        assert!(m.ends_channel(1, "s", shell) && m.ends_channel(1, "s", n1));
+        assert!(!m.ends_channel(2, "s", shell));
+        assert!(!m.ends_channel(1, "s", other));
+        let kill = Revocation::Session {
+            id: "s".into(),
+            project: Some("p".into()),
+        };
+        assert!(kill.ends_channel(9, "s", n1));
+        assert!(
+            !kill.ends_channel(9, "s", other),
+            "other projects' channels stay"
+        );
+        assert!(!kill.ends_channel(9, "t", n1));
+        let project = Revocation::Project {
+            project: "p".into(),
+        };
+        assert!(project.ends_channel(5, "x", shell) && !project.ends_channel(5, "x", other));
     }
 }
