@@ -75,6 +75,41 @@ impl Record {
     }
 }
 
+/// Denied events one account may have stored: a burst of
+/// [`DENIAL_BURST`], then [`DENIALS_PER_SECOND`]. Past that they are only
+/// logged, so one account cannot grow the audit table without bound.
+pub const DENIAL_BURST: f64 = 30.0;
+pub const DENIALS_PER_SECOND: f64 = 1.0;
+
+static DENIAL_BUDGETS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Takes one token of `actor`'s denial budget; false when it is spent.
+pub fn admit_denial(actor: &str) -> bool {
+    let now = std::time::Instant::now();
+    let mut map = DENIAL_BUDGETS.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() > 100_000 {
+        // Full buckets carry no state worth keeping.
+        map.retain(|_, (t, at)| {
+            *t + at.elapsed().as_secs_f64() * DENIALS_PER_SECOND < DENIAL_BURST
+        });
+    }
+    let (tokens, at) = map.entry(actor.to_string()).or_insert((DENIAL_BURST, now));
+    *tokens =
+        (*tokens + now.duration_since(*at).as_secs_f64() * DENIALS_PER_SECOND).min(DENIAL_BURST);
+    *at = now;
+    if *tokens >= 1.0 {
+        *tokens -= 1.0;
+        true
+    } else {
+        if *tokens > 0.5 {
+            tracing::warn!(actor = %actor, "denied requests arrive faster than they are audited; further ones are logged only");
+        }
+        false
+    }
+}
+
 /// Longest text kept in one field. A command line is at most 4 KiB
 /// (`commands::MAX_LINE`), so `args` is kept whole.
 const MAX_FIELD: usize = 4096;

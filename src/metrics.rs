@@ -243,16 +243,32 @@ impl Metrics {
     }
 }
 
+/// Requests the metrics endpoint serves at once; more are dropped.
+const MAX_METRICS_REQUESTS: usize = 16;
+
 /// Serves `/metrics` and `/healthz` on `listener` until the task is dropped.
 /// One request per connection: enough for Prometheus and probes.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Store) {
+    // Scrapes and probes are few; more at once is someone else.
+    let busy = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_REQUESTS));
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
+        let mut sock = match listener.accept().await {
+            Ok((sock, _)) => sock,
+            Err(e) => {
+                // Out of file descriptors, typically: wait, do not spin.
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = busy.clone().try_acquire_owned() else {
+            // Dropped at once: the listener is not a resource to exhaust.
             continue;
         };
         let metrics = metrics.clone();
         let store = store.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             // Read the request head: it may arrive in several pieces.
             let mut buf = Vec::with_capacity(1024);
             let head = async {
@@ -270,8 +286,14 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Store) {
                 return;
             };
             let req = String::from_utf8_lossy(&buf);
-            let path = req.split_whitespace().nth(1).unwrap_or("/");
+            let mut words = req.split_whitespace();
+            let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or("/"));
             let (status, body, ctype) = match path {
+                _ if method != "GET" => (
+                    "405 Method Not Allowed",
+                    "only GET\n".to_string(),
+                    "text/plain",
+                ),
                 "/metrics" => (
                     "200 OK",
                     metrics.render(),

@@ -124,7 +124,7 @@ impl Email {
             login.insert(0, '_');
         }
         login.truncate(32);
-        Login::parse(&login)
+        Login::for_account(&login)
     }
 }
 
@@ -158,6 +158,34 @@ impl Login {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Logins that name the system rather than a person: `operator` is the
+/// audit actor of the operator CLI, `cli` its source; the others are what a
+/// reader of a log takes for the machine itself.
+pub const RESERVED_LOGINS: &[&str] = &[
+    "operator",
+    "cli",
+    "gatehouse",
+    "root",
+    "system",
+    "daemon",
+    "nobody",
+    "invalid",
+];
+
+impl Login {
+    /// A login for a new account: valid, and not one of [`RESERVED_LOGINS`].
+    pub fn for_account(s: &str) -> Result<Self, Invalid> {
+        let login = Login::parse(s)?;
+        if RESERVED_LOGINS.contains(&login.as_str()) {
+            return Err(invalid(format!(
+                "login {} is reserved (it names the system in logs and the audit trail): choose another with --login",
+                quoted(s)
+            )));
+        }
+        Ok(login)
     }
 }
 
@@ -500,6 +528,16 @@ impl SshPublicKey {
         }
         let key = PublicKey::from_openssh(line)
             .map_err(|e| invalid(format!("malformed {kind} public key: {e}")))?;
+        if key
+            .comment()
+            .to_string()
+            .chars()
+            .any(|c| c.is_control() || is_format_char(c))
+        {
+            return Err(invalid(
+                "the key's comment contains control or invisible formatting characters; remove them",
+            ));
+        }
         if let Some(rsa) = key.key_data().rsa() {
             let bits = rsa.key_size();
             if bits < MIN_RSA_BITS {
@@ -646,6 +684,14 @@ mod tests {
     }
 
     #[test]
+    fn user_text_is_made_printable() {
+        assert_eq!(printable("a\u{1b}[2Jb\nc", 64), "a\\u{1b}[2Jb\\u{a}c");
+        assert_eq!(printable("x\u{202e}y", 64), "x\\u{202e}y");
+        assert_eq!(printable("abcdef", 3), "abc…");
+        assert_eq!(quoted("\u{2066}"), "\"\\u{2066}\"");
+    }
+
+    #[test]
     fn names_suggest_lower_case_and_gpu_types_keep_case() {
         let e = Name::parse("project", "Train").unwrap_err().0;
         assert!(e.contains("use \"train\""), "{e}");
@@ -716,5 +762,14 @@ mod tests {
         );
         assert!(SshPublicKey::parse("ssh-ed25519 AAAA garbage").is_err());
         assert!(SshPublicKey::parse("\u{0}\u{1}binary").is_err());
+        let body =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+        for comment in ["a\u{1b}[31mred", "evil\u{202e}txt.exe", "zero\u{200b}width"] {
+            let e = SshPublicKey::parse(&format!("{body} {comment}"))
+                .unwrap_err()
+                .0;
+            assert!(e.contains("comment"), "{comment:?}: {e}");
+        }
+        assert!(SshPublicKey::parse(&format!("{body} José's laptop")).is_ok());
     }
 }

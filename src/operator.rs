@@ -166,7 +166,7 @@ pub async fn account(store: &Store, cmd: AccountCmd) -> Output {
         AccountCmd::Add { email, login } => {
             let email = Email::parse(&email)?;
             let login = match login {
-                Some(l) => Login::parse(&l)?,
+                Some(l) => Login::for_account(&l)?,
                 None => email.default_login()?,
             };
             let account = store.account_add(&email, &login).await?;
@@ -341,7 +341,7 @@ pub fn render_keys(keys: &[crate::store::KeyRecord], as_json: bool) -> String {
         t.row(vec![
             r.fingerprint.to_string(),
             r.algorithm.to_string(),
-            or_dash(Some(r.comment)),
+            or_dash(Some(&crate::model::printable(r.comment, 64))),
             r.added,
         ]);
     }

@@ -693,6 +693,12 @@ fn audit_rows_name_the_command_and_keep_the_arguments() {
             .iter()
             .any(|e| e["action"] == "key add" && e["target"] == extra.fingerprint())
     );
+    gw.ssh("bob", &extra, &["whoami"]).ok();
+    assert!(
+        audit(&gw)
+            .iter()
+            .any(|e| e["action"] == "key confirm" && e["target"] == extra.fingerprint())
+    );
     // A refused login records the offered key.
     let stranger = Key::new(gw.dir.path(), "stranger");
     assert_eq!(gw.ssh("alice", &stranger, &["whoami"]).code, 255);

@@ -476,15 +476,38 @@ fn own_keys() {
         Some(extra.public_line().as_bytes()),
     )
     .ok();
+    // Pending until its holder logs in with it.
+    let keys = w.bob(&["key", "list", "--json"]).ok().json();
+    assert_eq!(keys.as_array().unwrap().len(), 1);
+    w.gw.ssh("bob", &extra, &["whoami"]).ok();
     let keys = w.bob(&["key", "list", "--json"]).ok().json();
     assert_eq!(keys.as_array().unwrap().len(), 2);
-    // The new key logs in.
-    w.gw.ssh("bob", &extra, &["whoami"]).ok();
-    // Another account's key is refused.
+    // Another account's key: accepted as pending, says nothing about
+    // alice, and never works for bob, who cannot sign with it.
     let alices = w.alice.public_line();
     let parts: Vec<&str> = alices.split_whitespace().collect();
-    w.bob(&["key", "add", parts[0], parts[1]])
-        .fails(1, "already registered");
+    let r = w.bob(&["key", "add", parts[0], parts[1]]);
+    r.ok();
+    assert!(
+        r.stdout.contains("pending") && !r.stdout.contains("alice"),
+        "{r:?}"
+    );
+    assert_eq!(w.gw.ssh("bob", &w.alice, &["whoami"]).code, 255);
+    w.alice(&["whoami"]).ok();
+    assert_eq!(w.bob(&["key", "list", "--json"]).ok().count(), 2);
+    // Adding one's own registered key again says so.
+    w.bob(&[
+        "key",
+        "add",
+        parts[0],
+        &extra
+            .public_line()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string(),
+    ])
+    .fails(1, "already registered to your account");
     w.gw.ssh_stdin(
         "bob",
         &w.bob,

@@ -75,9 +75,13 @@ pub fn parse_setting(s: &str) -> Result<ClusterConfigChange, CmdError> {
     };
     Ok(match key {
         "description" => {
-            if value.chars().count() > 256 || value.chars().any(char::is_control) {
+            if value.chars().count() > 256
+                || value
+                    .chars()
+                    .any(|c| c.is_control() || crate::model::is_format_char(c))
+            {
                 return Err(CmdError::Usage(
-                    "invalid description: at most 256 characters, no control characters".into(),
+                    "invalid description: at most 256 characters, no control or invisible formatting characters".into(),
                 ));
             }
             ClusterConfigChange::Description(value.to_string())

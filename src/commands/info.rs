@@ -81,9 +81,16 @@ pub(super) async fn key(
             };
             let key = SshPublicKey::parse(&line)?;
             *target = Some(key.fingerprint().to_string());
-            let record = ctx.store.key_add(ctx.account, &key).await?;
+            // Anyone can paste anyone's public key: it counts only once its
+            // holder logs in with it, which proves they have the private half.
+            ctx.store.key_add_pending(ctx.account, &key).await?;
             done(
-                format!("added {} key {}", record.algorithm, record.fingerprint),
+                format!(
+                    "{} key {} is pending: log in once with it within an hour to confirm it (e.g. `ssh -i NEW_KEY -p PORT {}@GATEWAY whoami`)",
+                    key.algorithm(),
+                    key.fingerprint(),
+                    ctx.account.login
+                ),
                 as_json,
             )
         }

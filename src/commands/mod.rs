@@ -133,6 +133,12 @@ pub fn split_line(line: &str) -> Result<Vec<String>, CmdError> {
             "command line contains control characters or NUL; nothing was run".into(),
         ));
     }
+    if line.chars().any(crate::model::is_format_char) {
+        return Err(CmdError::Usage(
+            "command line contains invisible formatting characters (such as U+202E); nothing was run"
+                .into(),
+        ));
+    }
     shell_words::split(line)
         .map_err(|_| CmdError::Usage("unbalanced quotes in the command line".into()))
 }
@@ -483,6 +489,10 @@ async fn audit(
         outcome = outcome.as_str(),
         "command"
     );
+    if outcome == Outcome::Denied && !crate::audit::admit_denial(&ctx.account.login) {
+        // Logged above; not stored, so one account cannot flood the table.
+        return;
+    }
     if let Err(e) = ctx.store.audit(&event).await {
         tracing::error!(error = %e, "cannot write audit event");
     }
@@ -498,16 +508,21 @@ async fn dispatch(ctx: &Ctx<'_>, inv: &Invocation, confirmed: bool, noted: &mut 
         Cmd::Exit => return Ok(Reply::Exit),
         Cmd::Use { project } => {
             let name = Name::parse("project", project)?;
-            noted.project = Some(name.to_string());
             return match ctx.store.membership(ctx.account.id, name.as_str()).await? {
-                Some(_) => Ok(Reply::Switch(name.to_string())),
+                Some(_) => {
+                    noted.project = Some(name.to_string());
+                    Ok(Reply::Switch(name.to_string()))
+                }
                 None => Err(no_access(name.as_str())),
             };
         }
         _ => {}
     }
     let scope = ctx.scope(inv).await?;
-    noted.project = Some(scope.name.clone());
+    // A stranger's denial is not the project's event: it is stored without
+    // the project (which may not even exist yet), so nobody writes into an
+    // audit log that is not theirs.
+    noted.project = scope.role.map(|_| scope.name.clone());
     let what = label(&inv.command);
     match &inv.command {
         Cmd::Cluster(c) => cluster::run(ctx, &scope, c, as_json, confirmed, what).await,

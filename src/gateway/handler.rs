@@ -38,6 +38,18 @@ pub struct Conn {
     startup: Option<super::startups::Slot>,
 }
 
+/// How long a key added over SSH waits for its holder's first login.
+pub const PENDING_KEY_MAX_AGE_MS: i64 = 3_600_000;
+
+/// RSA signatures with SHA-1 (`ssh-rsa`) are refused, as OpenSSH does
+/// since 8.8: only `rsa-sha2-256`/`-512` are accepted for RSA keys.
+fn sha1_rsa(algorithm: &russh::keys::Algorithm) -> bool {
+    matches!(algorithm, russh::keys::Algorithm::Rsa { hash: None })
+}
+
+const SHA1_REFUSED: &str =
+    "ssh-rsa (SHA-1) signatures are not accepted; use rsa-sha2-256 or rsa-sha2-512";
+
 fn publickey_only() -> Auth {
     Auth::Reject {
         proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
@@ -67,16 +79,25 @@ impl Conn {
         }
     }
 
-    /// The account allowed to log in as `user` with `key`, or why not.
-    async fn lookup(&self, user: &str, key: &PublicKey) -> Result<Account, &'static str> {
+    /// The account allowed to log in as `user` with `key`, or why not; and
+    /// whether the key is one of its pending keys (added over SSH and not
+    /// yet proven: this login, once signed, proves it).
+    async fn lookup(&self, user: &str, key: &PublicKey) -> Result<(Account, bool), &'static str> {
         let fp = fingerprint_of(key);
         let started = Instant::now();
-        let found = self.shared.store.account_for_login_key(user, &fp).await;
+        let store = &self.shared.store;
+        let found = match store.account_for_login_key(user, &fp).await {
+            Ok(None) => store
+                .account_for_login_pending_key(user, &fp, PENDING_KEY_MAX_AGE_MS)
+                .await
+                .map(|a| a.map(|a| (a, true))),
+            other => other.map(|a| a.map(|a| (a, false))),
+        };
         self.shared
             .metrics
             .db_latency(started.elapsed().as_secs_f64());
         match found {
-            Ok(Some(a)) if !a.is_disabled() => Ok(a),
+            Ok(Some((a, pending))) if !a.is_disabled() => Ok((a, pending)),
             Ok(Some(_)) => Err("account disabled"),
             Ok(None) => Err("unknown login or key"),
             Err(e) => {
@@ -162,6 +183,9 @@ impl russh::server::Handler for Conn {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        if sha1_rsa(offer.algorithm) {
+            return Ok(self.refuse(user, SHA1_REFUSED, Some(offer.public_key)));
+        }
         match self.lookup(user, offer.public_key).await {
             Ok(_) => Ok(Auth::Accept),
             Err(why) => Ok(self.refuse(user, why, Some(offer.public_key))),
@@ -173,12 +197,41 @@ impl russh::server::Handler for Conn {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        // russh checks that the signature uses the algorithm of the request
+        // (RFC 8332 §3); a SHA-1 one was refused at the offer, and is here
+        // too, since a signed request may come without one.
+        if sha1_rsa(key.algorithm) {
+            return Ok(self.refuse(user, SHA1_REFUSED, Some(key.public_key)));
+        }
         // Looked up again: the signature is now proven, and the account may
         // have changed since the offer.
-        let account = match self.lookup(user, key.public_key).await {
-            Ok(a) => a,
+        let (account, pending) = match self.lookup(user, key.public_key).await {
+            Ok(found) => found,
             Err(why) => return Ok(self.refuse(user, why, Some(key.public_key))),
         };
+        if pending {
+            let fp = fingerprint_of(key.public_key);
+            if let Err(e) = self.shared.store.confirm_pending_key(account.id, &fp).await {
+                tracing::info!(account = %account.login, key = %fp, error = %e, "pending key not confirmed");
+                return Ok(self.refuse(
+                    user,
+                    "pending key could not be confirmed",
+                    Some(key.public_key),
+                ));
+            }
+            tracing::info!(account = %account.login, key = %fp, "pending key confirmed by a signed login");
+            let event = Event {
+                actor: account.login.clone(),
+                source: self.source.clone(),
+                project: None,
+                action: "key confirm".into(),
+                target: fp.clone(),
+                args: String::new(),
+                outcome: Outcome::Ok,
+                detail: "a key added over SSH proved by a login signed with it".into(),
+            };
+            let _ = self.shared.store.audit(&event).await;
+        }
         self.accepted = Some((account, fingerprint_of(key.public_key)));
         Ok(Auth::Accept)
     }

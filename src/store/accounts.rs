@@ -225,6 +225,103 @@ impl Store {
         Ok(row)
     }
 
+    /// Adds a key that waits for proof of possession (see
+    /// [`Store::confirm_pending_key`]). Says nothing about whether any other
+    /// account holds the key. Conflict only when this account already has
+    /// it registered.
+    pub async fn key_add_pending(&self, account: &Account, key: &SshPublicKey) -> Result<()> {
+        let line = key
+            .to_openssh()
+            .map_err(|e| StoreError::Refused(format!("cannot encode the key: {e}")))?;
+        let mine: Option<(i64,)> =
+            sqlx::query_as("SELECT id FROM ssh_keys WHERE account_id = $1 AND fingerprint = $2")
+                .bind(account.id)
+                .bind(key.fingerprint())
+                .fetch_optional(self.pool())
+                .await?;
+        if mine.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "key {} is already registered to your account",
+                key.fingerprint()
+            )));
+        }
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM pending_keys WHERE account_id = $1 AND fingerprint = $2")
+            .bind(account.id)
+            .bind(key.fingerprint())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO pending_keys (account_id, fingerprint, algorithm, public_key, comment, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(account.id)
+        .bind(key.fingerprint())
+        .bind(key.algorithm())
+        .bind(line)
+        .bind(key.comment())
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The enabled or disabled account whose login is `login` and that has
+    /// `fingerprint` pending, added less than `max_age_ms` ago.
+    pub async fn account_for_login_pending_key(
+        &self,
+        login: &str,
+        fingerprint: &str,
+        max_age_ms: i64,
+    ) -> Result<Option<Account>> {
+        Ok(sqlx::query_as(
+            "SELECT a.id, a.email, a.login, a.disabled, a.created_at \
+             FROM accounts a JOIN pending_keys k ON k.account_id = a.id \
+             WHERE a.login = $1 AND k.fingerprint = $2 AND k.created_at >= $3",
+        )
+        .bind(login)
+        .bind(fingerprint)
+        .bind(now_ms() - max_age_ms)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Makes a pending key a registered one: its holder just signed with it.
+    /// Conflict when another account registered the same key meanwhile.
+    pub async fn confirm_pending_key(&self, account_id: i64, fingerprint: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let row: Option<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT algorithm, public_key, comment, created_at FROM pending_keys \
+             WHERE account_id = $1 AND fingerprint = $2",
+        )
+        .bind(account_id)
+        .bind(fingerprint)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (algorithm, public_key, comment, _) =
+            row.ok_or_else(|| StoreError::NotFound("no such pending key".into()))?;
+        sqlx::query(
+            "INSERT INTO ssh_keys (account_id, fingerprint, algorithm, public_key, comment, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(account_id)
+        .bind(fingerprint)
+        .bind(algorithm)
+        .bind(public_key)
+        .bind(comment)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| conflict_on_unique(e, || "the key is registered already".to_string()))?;
+        sqlx::query("DELETE FROM pending_keys WHERE fingerprint = $1")
+            .bind(fingerprint)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn keys_of(&self, account_id: i64) -> Result<Vec<KeyRecord>> {
         Ok(sqlx::query_as(
             "SELECT id, account_id, fingerprint, algorithm, comment, public_key, created_at \
