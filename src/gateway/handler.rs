@@ -41,14 +41,9 @@ pub struct Conn {
 /// How long a key added over SSH waits for its holder's first login.
 pub const PENDING_KEY_MAX_AGE_MS: i64 = 3_600_000;
 
-/// RSA signatures with SHA-1 (`ssh-rsa`) are refused, as OpenSSH does
-/// since 8.8: only `rsa-sha2-256`/`-512` are accepted for RSA keys.
-fn sha1_rsa(algorithm: &russh::keys::Algorithm) -> bool {
-    matches!(algorithm, russh::keys::Algorithm::Rsa { hash: None })
-}
-
-const SHA1_REFUSED: &str =
-    "ssh-rsa (SHA-1) signatures are not accepted; use rsa-sha2-256 or rsa-sha2-512";
+/// Why a key offered with a signature algorithm not in `server-sig-algs`
+/// (in practice `ssh-rsa`, RSA with SHA-1) is refused.
+const SIGNATURE_REFUSED: &str = "signature algorithm not accepted (ssh-rsa uses SHA-1; clients since OpenSSH 7.2 sign with rsa-sha2-256/512)";
 
 fn publickey_only() -> Auth {
     Auth::Reject {
@@ -183,8 +178,8 @@ impl russh::server::Handler for Conn {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        if sha1_rsa(offer.algorithm) {
-            return Ok(self.refuse(user, SHA1_REFUSED, Some(offer.public_key)));
+        if !super::algorithms::accepts_user_signature(offer.algorithm) {
+            return Ok(self.refuse(user, SIGNATURE_REFUSED, Some(offer.public_key)));
         }
         match self.lookup(user, offer.public_key).await {
             Ok(_) => Ok(Auth::Accept),
@@ -197,11 +192,11 @@ impl russh::server::Handler for Conn {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        // russh checks that the signature uses the algorithm of the request
-        // (RFC 8332 §3); a SHA-1 one was refused at the offer, and is here
-        // too, since a signed request may come without one.
-        if sha1_rsa(key.algorithm) {
-            return Ok(self.refuse(user, SHA1_REFUSED, Some(key.public_key)));
+        // Checked again as the last word: russh does not call
+        // `auth_publickey_offered` for a signed request that repeats an
+        // accepted query.
+        if !super::algorithms::accepts_user_signature(key.algorithm) {
+            return Ok(self.refuse(user, SIGNATURE_REFUSED, Some(key.public_key)));
         }
         // Looked up again: the signature is now proven, and the account may
         // have changed since the offer.

@@ -1,9 +1,11 @@
 //! The SSH gateway: `gatehouse serve`. This module owns start-up (host key,
 //! database, listener), the accept loop with its limits, and shutdown.
-//! Per-connection protocol work is in `handler`; session channels in
+//! The algorithms offered are chosen in `algorithms`. Per-connection
+//! protocol work is in `handler`; session channels in
 //! `channel`; forwards in `forward`; live sessions in [`sessions`]; the
 //! allocator's tuning and trimming in `memory` (private modules).
 
+mod algorithms;
 mod channel;
 mod channel_io;
 mod forward;
@@ -143,6 +145,7 @@ fn russh_config(config: &Config, key: PrivateKey) -> russh::server::Config {
         ),
         methods: MethodSet::from(&[MethodKind::PublicKey][..]),
         keys: vec![key],
+        preferred: algorithms::preferred(),
         // Refusals take the same time whatever the reason, so a prober learns
         // nothing from timing; short, since agents offer several keys.
         auth_rejection_time: Duration::from_millis(100),
