@@ -384,9 +384,10 @@ pub async fn project(store: &Store, cmd: ProjectCmd) -> Output {
         }
         ProjectCmd::Delete { name } => {
             let name = Name::parse("project", &name)?;
-            let (clusters, nodes, members) = store.project_delete(&name).await?;
+            let d = store.project_delete(&name).await?;
             let msg = format!(
-                "deleted project {name}: {members} membership(s), {clusters} cluster(s); {nodes} node(s) returned to the pool; its sessions are being ended"
+                "deleted project {name}: {} membership(s), {} cluster(s), {} volume(s); {} node(s) returned to the pool; its sessions are being ended",
+                d.members, d.clusters, d.volumes, d.nodes_freed
             );
             store
                 .audit(&event(

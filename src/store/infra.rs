@@ -126,8 +126,15 @@ impl Store {
     /// forwards to it. Returns the node as it was.
     pub async fn node_remove(&self, name: &Name, force: bool) -> Result<Node> {
         let mut tx = self.begin_write().await?;
+        // PostgreSQL: lock the node row, so a concurrent allocation waits
+        // and this sees the cluster it ends up in (SQLite holds the write
+        // lock already).
+        let lock = match self.backend {
+            super::Backend::Postgres => " FOR UPDATE OF n",
+            super::Backend::Sqlite => "",
+        };
         let found: Option<Node> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{NODE_SELECT} WHERE n.name = $1"
+            "{NODE_SELECT} WHERE n.name = $1{lock}"
         )))
         .bind(name.as_str())
         .fetch_optional(&mut *tx)
@@ -297,6 +304,15 @@ impl Store {
         .await
         .map_err(|e| conflict_on_unique(e, || format!("cluster {name} already exists in this project")))?;
         self.allocate(&mut tx, id, count, gpu_type).await?;
+        if gpu_type.is_some() {
+            // Shown as the operator registered it (`H100`), not as typed.
+            sqlx::query(
+                "UPDATE clusters SET gpu_type = (SELECT MIN(gpu_type) FROM nodes WHERE cluster_id = $1) WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         self.cluster(project_id, name).await
     }

@@ -15,7 +15,7 @@ use sqlx::{Any, AnyPool, Transaction};
 
 pub use accounts::{Account, KeyRecord};
 pub use infra::{Cluster, ClusterConfigChange, Node, Volume};
-pub use projects::{Member, Membership, ProjectSummary};
+pub use projects::{Member, Membership, ProjectDeleted, ProjectSummary};
 pub use revocations::{ChannelFacts, Revocation};
 
 /// Which database is behind the store; a few statements differ.

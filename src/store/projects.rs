@@ -16,6 +16,15 @@ pub struct ProjectSummary {
     pub clusters: i64,
 }
 
+/// What a deleted project had.
+#[derive(Debug, Clone, Copy)]
+pub struct ProjectDeleted {
+    pub members: i64,
+    pub clusters: i64,
+    pub volumes: i64,
+    pub nodes_freed: i64,
+}
+
 /// One project an account belongs to, with its role there.
 #[derive(Debug, Clone, Serialize)]
 pub struct Membership {
@@ -160,8 +169,8 @@ impl Store {
 
     /// Deletes a project with its memberships, clusters and volumes; the
     /// clusters' nodes go back to the pool and every live session into the
-    /// project ends. Returns (clusters, nodes freed, members) it had.
-    pub async fn project_delete(&self, name: &Name) -> Result<(i64, i64, i64)> {
+    /// project ends. Returns what it had.
+    pub async fn project_delete(&self, name: &Name) -> Result<ProjectDeleted> {
         let mut tx = self.begin_write().await?;
         let found: Option<(i64,)> = sqlx::query_as("SELECT id FROM projects WHERE name = $1")
             .bind(name.as_str())
@@ -179,6 +188,10 @@ impl Store {
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;
+        let (volumes,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM volumes WHERE project_id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
         let freed = sqlx::query(
             "UPDATE nodes SET cluster_id = NULL WHERE cluster_id IN (SELECT id FROM clusters WHERE project_id = $1)",
         )
@@ -203,7 +216,12 @@ impl Store {
         };
         super::revocations::append(&mut *tx, &r).await?;
         tx.commit().await?;
-        Ok((clusters, freed as i64, members))
+        Ok(ProjectDeleted {
+            members,
+            clusters,
+            volumes,
+            nodes_freed: freed as i64,
+        })
     }
 
     /// Removes a member, refusing to remove the last admin.
