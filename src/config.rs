@@ -139,6 +139,12 @@ pub struct Limits {
     /// Unauthenticated connections from one address (OpenSSH's
     /// PerSourceMaxStartups); 0 means no limit.
     pub per_source_max_startups: usize,
+    /// Connections from one address that may end without authenticating
+    /// in a burst; past it, new ones are refused at accept until the
+    /// bucket refills at `per_source_noauth_rate` a second (like OpenSSH's
+    /// PerSourcePenalties `noauth`).
+    pub per_source_noauth_burst: u32,
+    pub per_source_noauth_rate: f64,
 }
 
 /// `limits.max_startups`, parsed.
@@ -202,6 +208,8 @@ impl Default for Limits {
             max_channels_per_account: 1024,
             max_startups: "10:30:100".into(),
             per_source_max_startups: 10,
+            per_source_noauth_burst: 10,
+            per_source_noauth_rate: 1.0,
         }
     }
 }
@@ -335,6 +343,12 @@ impl Config {
             );
         }
         self.limits.max_startups()?;
+        let rate = self.limits.per_source_noauth_rate;
+        if self.limits.per_source_noauth_burst == 0 || rate.is_nan() || rate <= 0.0 {
+            bail!(
+                "invalid config: limits.per_source_noauth_burst and per_source_noauth_rate must be above 0"
+            );
+        }
         self.forwarding.rules(Vec::new())?;
         Ok(())
     }

@@ -31,11 +31,6 @@ const TERRAPIN_NOTE: &str =
 /// a second from one address got an SSH banner.
 const THROTTLING_NOTE: &str = "Potentially insufficient connection throttling detected";
 
-/// Whether the gateway throttles new connections from one address enough
-/// for ssh-audit's DHEat rate test. It does not yet: see
-/// [`ssh_audit_finds_only_post_quantum_notes`].
-const THROTTLING_ENFORCED: bool = false;
-
 fn names(report: &Value, kind: &str) -> Vec<String> {
     report[kind]
         .as_array()
@@ -50,7 +45,9 @@ fn ssh_audit_finds_only_post_quantum_notes() {
     if !common::have("ssh-audit") {
         return;
     }
-    let mut gw = Gateway::new("");
+    // The shipped limits (an empty [limits] keeps every default; the test
+    // harness otherwise relaxes the per-source ones).
+    let mut gw = Gateway::new("[limits]\n");
     gw.start();
     // -j: JSON; -n: no colours. ssh-audit exits 2 when any warning is
     // reported, the post-quantum ones included, so the report is judged
@@ -153,51 +150,12 @@ fn ssh_audit_finds_only_post_quantum_notes() {
     // unauthenticated connections passes it (of the kind of OpenSSH 9.8's
     // PerSourcePenalties `noauth`); a limit on concurrent ones
     // (MaxStartups, PerSourceMaxStartups) does not, since ssh-audit never
-    // holds more than 3 open. The gateway has no such limit yet.
-    // TODO: when it has, enable it in this test's config (the shipped
-    // default, not a tightened one) and set THROTTLING_ENFORCED.
-    if THROTTLING_ENFORCED {
-        assert!(
-            throttled,
-            "ssh-audit finds no connection throttling:\n{shown}"
-        );
-    } else if !throttled {
-        eprintln!(
-            "\n*** NOTE: ssh-audit reports no connection throttling (DHEat); not asserted until the gateway limits new connections per address ***\n"
-        );
-    }
-}
-
-struct Trusting;
-
-impl russh::client::Handler for Trusting {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
-
-/// Logs in as `user` with `key`, signing with RSA `hash` (`None`:
-/// `ssh-rsa`, SHA-1), as a client that ignores `server-sig-algs` would.
-async fn rsa_login(
-    port: u16,
-    user: &str,
-    key: Arc<russh::keys::PrivateKey>,
-    hash: Option<russh::keys::HashAlg>,
-) -> bool {
-    let config = Arc::new(russh::client::Config::default());
-    let mut session = russh::client::connect(config, ("127.0.0.1", port), Trusting)
-        .await
-        .expect("connect to the gateway");
-    session
-        .authenticate_publickey(user, russh::keys::PrivateKeyWithHashAlg::new(key, hash))
-        .await
-        .expect("publickey authentication")
-        .success()
+    // holds more than 3 open. The gateway's limits.per_source_noauth_burst
+    // and _rate are of that kind, and on by default.
+    assert!(
+        throttled,
+        "ssh-audit finds no connection throttling:\n{shown}"
+    );
 }
 
 #[test]
@@ -253,7 +211,7 @@ fn rsa_keys_must_sign_with_sha2() {
         (Some(HashAlg::Sha256), true),
         (Some(HashAlg::Sha512), true),
     ] {
-        let got = runtime.block_on(rsa_login(gw.port, "alice", key.clone(), hash));
+        let got = runtime.block_on(common::scripted_login(gw.port, "alice", key.clone(), hash));
         assert_eq!(got, accepted, "RSA signature with {hash:?}");
     }
     let log = gw.log_text();

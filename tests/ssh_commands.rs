@@ -496,18 +496,10 @@ fn own_keys() {
     w.alice(&["whoami"]).ok();
     assert_eq!(w.bob(&["key", "list", "--json"]).ok().count(), 2);
     // Adding one's own registered key again says so.
-    w.bob(&[
-        "key",
-        "add",
-        parts[0],
-        &extra
-            .public_line()
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .to_string(),
-    ])
-    .fails(1, "already registered to your account");
+    let extra_line = extra.public_line();
+    let extra_body = extra_line.split_whitespace().nth(1).unwrap();
+    w.bob(&["key", "add", parts[0], extra_body])
+        .fails(1, "already registered to your account");
     w.gw.ssh_stdin(
         "bob",
         &w.bob,

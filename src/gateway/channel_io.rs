@@ -89,8 +89,9 @@ impl Io {
     /// was cancelled, or its input overflowed (the client is told).
     pub async fn wait(&mut self) -> Option<ChannelMsg> {
         let next = tokio::select! {
-            m = self.rx.recv() => m,
+            biased;
             _ = self.cancel.cancelled() => None,
+            m = self.rx.recv() => m,
         };
         match next? {
             Input::Msg(m) => {
@@ -112,9 +113,13 @@ impl Io {
         &self,
         write: impl std::future::Future<Output = Result<(), russh::Error>>,
     ) -> Result<(), russh::Error> {
+        // Cancellation first: a cancelled channel is closed by whoever
+        // cancelled it, after telling the person why, and nothing of ours
+        // may come after that.
         tokio::select! {
-            r = write => r,
+            biased;
             _ = self.cancel.cancelled() => Err(russh::Error::SendError),
+            r = write => r,
         }
     }
 

@@ -117,6 +117,9 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        if !self.authenticated.load(Ordering::Relaxed) {
+            self.shared.penalties.noauth_closed(self.peer.ip());
+        }
         if self.ctx.is_none() && self.failures > 0 {
             self.shared.penalties.failure(self.peer.ip(), &self.shared);
             let store = self.shared.store.clone();

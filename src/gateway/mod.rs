@@ -348,6 +348,11 @@ pub async fn serve(config: Config) -> Result<()> {
             metrics.denial("penalty");
             continue;
         }
+        if common.penalties.noauth_exhausted(peer.ip()) {
+            tracing::info!(source = %peer, "connection refused: too many unauthenticated connections from this address (limits.per_source_noauth_burst)");
+            metrics.denial("noauth_rate");
+            continue;
+        }
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             tracing::warn!(source = %peer, max = config.limits.max_connections, "connection refused: too many connections");
             metrics.denial("max_connections");

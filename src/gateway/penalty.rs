@@ -22,6 +22,13 @@ pub struct Penalties {
     after: u32,
     base: Duration,
     max: Duration,
+    /// Connections from one address that ended without authenticating: a
+    /// token bucket, `noauth_burst` deep, refilled `noauth_rate` a second.
+    /// An empty bucket refuses new connections from the address at accept,
+    /// before the key exchange it would cost (the DHEat class of attack).
+    noauth: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    noauth_burst: f64,
+    noauth_rate: f64,
 }
 
 impl Penalties {
@@ -31,6 +38,9 @@ impl Penalties {
             after: limits.penalty_after_failures.max(1),
             base: limits.penalty_base,
             max: limits.penalty_max,
+            noauth: Mutex::new(HashMap::new()),
+            noauth_burst: limits.per_source_noauth_burst as f64,
+            noauth_rate: limits.per_source_noauth_rate,
         }
     }
 
@@ -39,6 +49,39 @@ impl Penalties {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let until = map.get(&ip)?.until?;
         until.checked_duration_since(Instant::now())
+    }
+
+    /// Tokens left in the address's bucket of unauthenticated connections.
+    fn noauth_tokens(&self, map: &mut HashMap<IpAddr, (f64, Instant)>, ip: IpAddr) -> f64 {
+        let now = Instant::now();
+        let (tokens, at) = map.entry(ip).or_insert((self.noauth_burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.noauth_rate)
+            .min(self.noauth_burst);
+        *at = now;
+        *tokens
+    }
+
+    /// True when the address used up its unauthenticated connections and
+    /// a new one is refused at accept.
+    pub fn noauth_exhausted(&self, ip: IpAddr) -> bool {
+        let mut map = self.noauth.lock().unwrap_or_else(|p| p.into_inner());
+        self.noauth_tokens(&mut map, ip) < 1.0
+    }
+
+    /// Records a connection that ended without authenticating (a failed
+    /// login, a probe, a health check).
+    pub fn noauth_closed(&self, ip: IpAddr) {
+        let mut map = self.noauth.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 100_000 {
+            // Bound memory under a spray of addresses: full buckets carry
+            // nothing worth keeping.
+            let (burst, rate) = (self.noauth_burst, self.noauth_rate);
+            map.retain(|_, (t, at)| *t + at.elapsed().as_secs_f64() * rate < burst);
+        }
+        let left = self.noauth_tokens(&mut map, ip);
+        if let Some((tokens, _)) = map.get_mut(&ip) {
+            *tokens = (left - 1.0).max(0.0);
+        }
     }
 
     /// Records a connection that ended without authenticating. Returns the

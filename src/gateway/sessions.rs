@@ -528,16 +528,19 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// the session closing so a sweep does not start a second one.
 fn end_session(s: &mut LiveSession, reason: String) {
     s.closing = true;
-    for ch in s.channels.values() {
-        ch.cancel.cancel();
-    }
+    let tokens: Vec<CancellationToken> = s.channels.values().map(|c| c.cancel.clone()).collect();
     let (handle, kill) = (s.handle.clone(), s.kill.clone());
     tokio::spawn(async move {
+        // The disconnect goes first, so the client learns why before any
+        // channel closes; then the channels stop whether it arrived or not.
         let sent = tokio::time::timeout(
             SEND_TIMEOUT,
             handle.disconnect(russh::Disconnect::ByApplication, reason, String::new()),
         )
         .await;
+        for t in tokens {
+            t.cancel();
+        }
         // Delivered or not, the connection ends: give a delivered message
         // time to reach the client, then cut what is left.
         if sent.is_ok() {

@@ -188,10 +188,11 @@ impl Store {
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;
-        let (volumes,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM volumes WHERE project_id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let (volumes,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM volumes WHERE project_id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
         let freed = sqlx::query(
             "UPDATE nodes SET cluster_id = NULL WHERE cluster_id IN (SELECT id FROM clusters WHERE project_id = $1)",
         )

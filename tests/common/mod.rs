@@ -257,7 +257,11 @@ impl Gateway {
             "[server]\nlisten = \"127.0.0.1:{port}\"\nhost_key = \"data/host_ed25519\"\nshutdown_grace = \"3s\"\n\n[database]\nurl = \"{db}\"\n"
         );
         if !extra_toml.contains("[limits]") {
-            toml.push_str("\n[limits]\npenalty_after_failures = 1000\n");
+            // Tests connect and fail on purpose, fast: only the tests of
+            // these limits keep them.
+            toml.push_str(
+                "\n[limits]\npenalty_after_failures = 1000\nper_source_noauth_burst = 100000\nper_source_max_startups = 0\n",
+            );
         }
         toml.push_str(extra_toml);
         std::fs::write(&config, toml).expect("write config");
@@ -829,4 +833,44 @@ impl Drop for Term {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A russh client that trusts any host key: for requests the OpenSSH
+/// client will not send (odd user names, SHA-1 signatures).
+struct Trusting;
+
+impl russh::client::Handler for Trusting {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// Logs in as `user` with `key` through a scripted russh client, signing
+/// with `hash` for RSA keys (`None`: `ssh-rsa`, SHA-1; ignored for other
+/// kinds). True when the gateway let it in.
+pub async fn scripted_login(
+    port: u16,
+    user: &str,
+    key: std::sync::Arc<russh::keys::PrivateKey>,
+    hash: Option<russh::keys::HashAlg>,
+) -> bool {
+    let config = std::sync::Arc::new(russh::client::Config::default());
+    let mut session = russh::client::connect(config, ("127.0.0.1", port), Trusting)
+        .await
+        .expect("connect to the gateway");
+    let ok = session
+        .authenticate_publickey(user, russh::keys::PrivateKeyWithHashAlg::new(key, hash))
+        .await
+        .expect("publickey authentication")
+        .success();
+    // Close now: the runtime that drives this session may not run again.
+    let _ = session
+        .disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await;
+    ok
 }
