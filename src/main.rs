@@ -18,7 +18,7 @@ use gatehouse::store::Store;
 )]
 struct Cli {
     /// Config file [default: $GATEHOUSE_CONFIG, else config/gatehouse.toml]
-    #[arg(long, global = true, env = "GATEHOUSE_CONFIG", value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -60,7 +60,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    let config = match Config::load(cli.config.as_deref()) {
+    // An empty GATEHOUSE_CONFIG is as good as none, as with most tools.
+    let path = cli.config.or_else(|| {
+        std::env::var_os("GATEHOUSE_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
+    let config = match Config::load(path.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -305,12 +305,11 @@ impl Size {
             .unwrap_or(s.len());
         let (number, unit) = s.split_at(split);
         let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-        if whole.is_empty()
-            || (number.contains('.') && frac.is_empty())
-            || frac.contains('.')
-            || frac.len() > 6
-        {
+        if whole.is_empty() || (number.contains('.') && frac.is_empty()) || frac.contains('.') {
             return Err(bad("expected a number such as 500 or 1.5".into()));
+        }
+        if frac.len() > 18 {
+            return Err(bad("too many decimal places (at most 18)".into()));
         }
         // bytes per unit
         let per: u128 = match unit.to_ascii_lowercase().as_str() {
@@ -330,11 +329,14 @@ impl Size {
         let scale = 10u128.pow(frac.len() as u32);
         let digits: u128 = format!("{whole}{frac}").parse().map_err(|_| too_large())?;
         // bytes = digits * per / scale, kept exact as a fraction.
-        let numerator = digits * per;
+        let numerator = digits.checked_mul(per).ok_or_else(too_large)?;
         if numerator == 0 {
             return Err(bad("must be more than zero".into()));
         }
         let denominator = scale * GIB;
+        if numerator / denominator >= MAX_SIZE_GIB as u128 + 1 {
+            return Err(too_large());
+        }
         if !numerator.is_multiple_of(denominator) {
             let gib = numerator as f64 / denominator as f64;
             let (down, up) = (gib.floor() as i64, gib.ceil() as i64);
@@ -661,6 +663,15 @@ mod tests {
         let e = Size::parse("1TB").unwrap_err().0;
         assert!(e.contains("931.32 GiB") && e.contains("932GiB"), "{e}");
         assert!(Size::parse("500G").is_err());
+        assert!(
+            Size::parse("2PB")
+                .unwrap_err()
+                .0
+                .contains("larger than 1024TiB")
+        );
+        let e = Size::parse("1.99999999999999GiB").unwrap_err().0;
+        assert!(e.contains("use 2GiB or 1GiB"), "{e}");
+        assert_eq!(gib("0.000976562500TiB"), Ok(1));
         assert!(Size::parse("1.5TB").is_err());
         for bad in [
             "",
@@ -677,7 +688,9 @@ mod tests {
             "0.3GiB",
             "99999999999999999999GiB",
             "2000TiB",
-            "1.0000001TiB",
+            "1.0000000000000000001TiB",
+            "2PB",
+            "1.01PiB",
         ] {
             assert!(Size::parse(bad).is_err(), "{bad}");
         }

@@ -75,6 +75,12 @@ fn a_config_given_as_a_bare_file_name_is_found() {
         .env("GATEHOUSE_CONFIG", "gatehouse.toml")
         .args(["node", "list", "--json"]));
     assert_eq!(r.ok().count(), 1);
+    // An empty GATEHOUSE_CONFIG is no setting at all: the default path.
+    let r = run(Command::new(common::BIN)
+        .current_dir(dir)
+        .env("GATEHOUSE_CONFIG", "")
+        .args(["node", "list"]));
+    r.fails(2, "cannot read config file config/gatehouse.toml");
 }
 
 // 3. account enable / remove, node remove, project delete.
@@ -466,6 +472,20 @@ fn clearing_node_user_restores_the_default() {
         &["cluster", "config", "c1", "node_user=Root"],
     )
     .fails(2, "the Unix login on the cluster's nodes");
+    gw.ssh(
+        "alice",
+        &alice,
+        &[
+            "cluster",
+            "config",
+            "c1",
+            "node_user=root",
+            "node_user=ubuntu",
+        ],
+    )
+    .fails(2, "node_user is given twice");
+    let help = gw.ssh("alice", &alice, &["help", "cluster", "config"]);
+    assert!(help.ok().stdout.contains("node_user=LOGIN"), "{help:?}");
 }
 
 // 10. A session limit is not a failed login.

@@ -335,6 +335,17 @@ pub(super) async fn run(
                 .iter()
                 .map(|s| parse_setting(s))
                 .collect::<Result<Vec<_>, _>>()?;
+            let mut keys: Vec<&str> = settings
+                .iter()
+                .filter_map(|s| s.split('=').next())
+                .collect();
+            keys.sort_unstable();
+            if let Some(w) = keys.windows(2).find(|w| w[0] == w[1]) {
+                return Err(CmdError::Usage(format!(
+                    "{} is given twice; give each key once",
+                    w[0]
+                )));
+            }
             let c = store.cluster(pid, &name).await?;
             for change in &changes {
                 if let ClusterConfigChange::KubeApi(Some(v))

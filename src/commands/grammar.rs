@@ -110,6 +110,14 @@ pub enum ClusterCmd {
         yes: bool,
     },
     /// Show the cluster config; with KEY=VALUE, change it (admin)
+    #[command(after_help = "Keys:\n  \
+description=TEXT    what the cluster is for (256 characters)\n  \
+kube_api=HOST:PORT  the Kubernetes API server (default: the first node's host, port 6443);\n                      \
+a host of the cluster's nodes, or inside the operator's forwarding.api_allow\n  \
+dashboard=HOST:PORT the Kubernetes dashboard, held to the same rule\n  \
+node_user=LOGIN     the Unix login members share on the nodes (default ubuntu)\n  \
+kube_ca=BASE64      the API server's CA certificate (base64 -w0 ca.crt)\n\
+KEY= clears a key (node_user= goes back to ubuntu).")]
     Config {
         cluster: String,
         #[arg(value_name = "KEY=VALUE")]

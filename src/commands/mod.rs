@@ -350,6 +350,7 @@ pub async fn execute(ctx: &Ctx<'_>, words: &[String], confirmed: bool) -> Respon
         Ok(Err(help)) => {
             return Response {
                 stdout: help,
+                command: "help",
                 ..Response::default()
             };
         }
