@@ -334,7 +334,7 @@ impl Size {
             return Err(bad("must be more than zero".into()));
         }
         let denominator = scale * GIB;
-        if numerator / denominator >= MAX_SIZE_GIB as u128 + 1 {
+        if numerator / denominator > MAX_SIZE_GIB as u128 {
             return Err(too_large());
         }
         if !numerator.is_multiple_of(denominator) {
