@@ -432,6 +432,10 @@ mod tests {
         assert_eq!(shipped.server.workers, defaults.server.workers);
         assert_eq!(shipped.log.format, defaults.log.format);
         assert_eq!(shipped.metrics.listen, defaults.metrics.listen);
+        assert_eq!(
+            format!("{:?}", shipped.forwarding),
+            format!("{:?}", defaults.forwarding)
+        );
         assert!(shipped.server.host_key.ends_with("data/host_ed25519"));
     }
 
