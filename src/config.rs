@@ -20,6 +20,34 @@ pub struct Config {
     pub log: Log,
     pub metrics: Metrics,
     pub forwarding: Forwarding,
+    pub nodes: Nodes,
+}
+
+/// How nodes reach the gateway to ask who may log in (`node enroll`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Nodes {
+    /// `HOST:PORT` at which nodes reach the gateway: the default of
+    /// `gatehouse node enroll --gateway`.
+    pub gateway: String,
+    /// The gateway's addresses as nodes see its connections (behind NAT);
+    /// empty: the local address that routes to each node. Granted keys
+    /// work only for logins from these (`from="…"`).
+    pub login_from: Vec<String>,
+}
+
+impl Nodes {
+    /// `login_from` parsed; errors name the bad entry.
+    pub fn login_from(&self) -> Result<Vec<std::net::IpAddr>> {
+        self.login_from
+            .iter()
+            .map(|s| {
+                s.parse::<std::net::IpAddr>().map_err(|_| {
+                    anyhow::anyhow!("invalid config: nodes.login_from {s:?} is not an IP address")
+                })
+            })
+            .collect()
+    }
 }
 
 /// What forwards may reach beyond the registered nodes' sshd: the
@@ -350,6 +378,12 @@ impl Config {
             );
         }
         self.forwarding.rules(Vec::new())?;
+        self.nodes.login_from()?;
+        if !self.nodes.gateway.is_empty() {
+            crate::model::HostPort::parse(&self.nodes.gateway).map_err(|e| {
+                anyhow::anyhow!("invalid config: nodes.gateway: {e}")
+            })?;
+        }
         Ok(())
     }
 

@@ -32,6 +32,7 @@
 //! | [`policy`] | the permission table and `authorize` |
 //! | [`target`] | forwarding targets: parse and resolve |
 //! | [`net`] | outbound connections with a deadline, and why they fail |
+//! | [`nodes`] | nodes asking who may log in: the answer, and enrolment |
 //! | [`reach`] | what a forward may land on: the operator's rules, checked at each connect |
 //! | [`store`] | the database (SQLite or PostgreSQL) |
 //! | [`audit`] | audit events |
@@ -48,6 +49,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod nodes;
 pub mod operator;
 pub mod output;
 pub mod policy;

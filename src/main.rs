@@ -96,7 +96,13 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Account(c) => operator::account(&store, c).await,
         Command::Key(c) => operator::key(&store, c).await,
         Command::Project(c) => operator::project(&store, c).await,
-        Command::Node(c) => operator::node(&store, c).await,
+        Command::Node(c) => {
+            let enrol = operator::EnrolContext {
+                host_key: config.server.host_key.clone(),
+                gateway: config.nodes.gateway.clone(),
+            };
+            operator::node(&store, c, &enrol).await
+        }
         Command::Audit(a) => operator::audit(&store, a).await,
     };
     finish(result)

@@ -107,6 +107,25 @@ pub enum NodeCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Give a node its identity towards the gateway, so that its sshd asks
+    /// the gateway who may log in (AuthorizedKeysCommand). Prints a shell
+    /// script for a Debian node, or with --dir writes the files there.
+    /// Enrolling again replaces the credential at once.
+    Enroll {
+        #[arg(allow_hyphen_values = true)]
+        name: String,
+        /// How the node reaches the gateway [default: nodes.gateway]
+        #[arg(long, value_name = "HOST:PORT")]
+        gateway: Option<String>,
+        /// Write sshd_config (for `Include DIR/sshd_config`), the command,
+        /// the key and known_hosts into DIR instead of printing a script
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The Unix user sshd runs the command as [default: gatehouse-node
+        /// for the script; the current user with --dir]
+        #[arg(long, value_name = "USER")]
+        command_user: Option<String>,
+    },
     /// Try each node's sshd (all, or those named): connect and read its
     /// SSH banner. Exit status 1 when any node fails.
     Check {
@@ -402,7 +421,14 @@ pub async fn project(store: &Store, cmd: ProjectCmd) -> Output {
     }
 }
 
-pub async fn node(store: &Store, cmd: NodeCmd) -> Output {
+/// What `node enroll` needs beyond the store: the gateway's public host key
+/// and its configured public address.
+pub struct EnrolContext {
+    pub host_key: PathBuf,
+    pub gateway: String,
+}
+
+pub async fn node(store: &Store, cmd: NodeCmd, enrol: &EnrolContext) -> Output {
     match cmd {
         NodeCmd::Register {
             name,
@@ -464,7 +490,116 @@ pub async fn node(store: &Store, cmd: NodeCmd) -> Output {
             timeout,
             json: as_json,
         } => node_check(store, &names, &timeout, as_json).await,
+        NodeCmd::Enroll {
+            name,
+            gateway,
+            dir,
+            command_user,
+        } => node_enroll(store, enrol, &name, gateway, dir, command_user).await,
     }
+}
+
+async fn node_enroll(
+    store: &Store,
+    ctx: &EnrolContext,
+    name: &str,
+    gateway: Option<String>,
+    dir: Option<PathBuf>,
+    command_user: Option<String>,
+) -> Output {
+    let name = Name::parse("node", name)?;
+    let gateway = match gateway.filter(|g| !g.is_empty()) {
+        Some(g) => g,
+        None if !ctx.gateway.is_empty() => ctx.gateway.clone(),
+        None => {
+            return Err(CmdError::Usage(
+                "give --gateway HOST:PORT (how the node reaches the gateway), or set nodes.gateway in the config".into(),
+            ));
+        }
+    };
+    let gw = HostPort::parse(&gateway)?;
+    let command_user = match command_user {
+        Some(u) => Login::parse(&u)?.to_string(),
+        None if dir.is_some() => current_user(),
+        None => "gatehouse-node".to_string(),
+    };
+    let host_key = crate::gateway::host_key(&ctx.host_key)
+        .map_err(|e| CmdError::Failed(format!("{e:#}")))?
+        .public_key()
+        .to_openssh()
+        .map_err(|e| CmdError::Failed(format!("cannot encode the host key: {e}")))?;
+    let (private_key, fingerprint) =
+        crate::nodes::new_node_key().map_err(|e| CmdError::Failed(format!("{e:#}")))?;
+    let enrolment = crate::nodes::Enrolment {
+        node: name.to_string(),
+        gateway_host: gw.host.clone(),
+        gateway_port: gw.port,
+        private_key,
+        host_key,
+        command_user,
+    };
+    // Files first: a credential in the database with nothing on disk would
+    // lock the node out for nothing.
+    let out = match &dir {
+        Some(dir) => {
+            write_enrolment(dir, &enrolment)?;
+            format!(
+                "enrolled node {name}: wrote {}/{{sshd_config,authorized-keys,node_key,known_hosts}}; add `Include {}/sshd_config` to the node's sshd_config and reload sshd\n",
+                dir.display(),
+                dir.display()
+            )
+        }
+        None => enrolment.script(),
+    };
+    store.node_enroll(&name, &fingerprint).await?;
+    let msg = format!("enrolled node {name} with credential {fingerprint}; any earlier credential no longer works");
+    store
+        .audit(&event("node enroll", name.as_str(), None, &msg))
+        .await?;
+    Ok(out)
+}
+
+/// Writes the enrolment files into `dir` (created 0755 if missing) with
+/// their modes; the key is created 0600 and never exists with wider ones.
+fn write_enrolment(dir: &std::path::Path, e: &crate::nodes::Enrolment) -> Result<(), CmdError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let fail = |what: &str, err: std::io::Error| {
+        CmdError::Failed(format!("cannot write {what} in {}: {err}", dir.display()))
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|err| fail("the folder", err))?;
+    let dir_abs = std::path::absolute(dir).map_err(|err| fail("the folder", err))?;
+    let dir_str = dir_abs.display().to_string();
+    for (name, mode, text) in e.files(&dir_str) {
+        let path = dir_abs.join(name);
+        let tmp = dir_abs.join(format!(".{name}.new"));
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|err| fail(name, err))?;
+        f.write_all(text.as_bytes()).map_err(|err| fail(name, err))?;
+        std::fs::rename(&tmp, &path).map_err(|err| fail(name, err))?;
+    }
+    Ok(())
+}
+
+/// The user running the CLI, for `AuthorizedKeysCommandUser` with --dir.
+fn current_user() -> String {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return "root".to_string();
+    }
+    std::env::var("USER")
+        .ok()
+        .filter(|u| Login::parse(u).is_ok())
+        .unwrap_or_else(|| "root".to_string())
 }
 
 /// `node check`: the table (or JSON) goes to stdout whatever the result;
@@ -563,18 +698,47 @@ async fn node_check(store: &Store, names: &[String], timeout: &str, as_json: boo
 
 /// The node table, shared by the operator's and the user's `node list`.
 pub fn render_nodes(nodes: &[crate::store::Node], as_json: bool) -> String {
-    if as_json {
-        return json(nodes);
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        #[serde(flatten)]
+        node: &'a crate::store::Node,
+        address: String,
+        enrolled: bool,
+        last_asked: Option<String>,
     }
-    let mut t = Table::new(&["NAME", "ADDRESS", "GPU-TYPE", "GPUS", "CLUSTER", "PROJECT"]);
-    for n in nodes {
+    let rows: Vec<Row> = nodes
+        .iter()
+        .map(|n| Row {
+            node: n,
+            address: n.address(),
+            enrolled: n.enrolled_at.is_some(),
+            last_asked: n.last_asked.map(format_time),
+        })
+        .collect();
+    if as_json {
+        return json(&rows);
+    }
+    let mut t = Table::new(&[
+        "NAME",
+        "ADDRESS",
+        "GPU-TYPE",
+        "GPUS",
+        "CLUSTER",
+        "PROJECT",
+        "ENROLLED",
+        "LAST-ASKED",
+    ]);
+    for r in rows {
+        let n = r.node;
         t.row(vec![
             n.name.clone(),
-            n.address(),
+            r.address,
             or_dash(n.gpu_type.as_deref()),
             n.gpus.to_string(),
             or_dash(n.cluster.as_deref()),
             or_dash(n.project.as_deref()),
+            if r.enrolled { "yes" } else { "no" }.into(),
+            or_dash(r.last_asked.as_deref()),
         ]);
     }
     t.render()

@@ -284,6 +284,8 @@ mod tests {
             gpus: 0,
             cluster: Some(cluster.into()),
             project: Some(project.into()),
+            enrolled_at: None,
+            last_asked: None,
         }
     }
 

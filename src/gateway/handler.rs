@@ -24,6 +24,9 @@ pub struct Conn {
     source: String,
     /// Account and key fingerprint accepted by `auth_publickey`.
     accepted: Option<(Account, String)>,
+    /// A node that logged in to ask who may log in on it (see
+    /// [`crate::nodes`]): such a session can do nothing else.
+    node: Option<crate::store::AskingNode>,
     ctx: Option<Arc<ConnCtx>>,
     /// Set once authenticated, read by the login-grace timer.
     pub authenticated: Arc<AtomicBool>,
@@ -64,6 +67,7 @@ impl Conn {
             peer,
             source: peer.to_string(),
             accepted: None,
+            node: None,
             ctx: None,
             authenticated: Arc::new(AtomicBool::new(false)),
             failures: 0,
@@ -98,6 +102,26 @@ impl Conn {
             Err(e) => {
                 // Fail closed: nobody gets in on stale or missing data.
                 tracing::error!(error = %e, source = %self.source, "authentication refused: database unavailable");
+                Err("database unavailable")
+            }
+        }
+    }
+
+    /// The enrolled node `node.NAME` whose credential is `key`.
+    async fn node_lookup(&self, user: &str, key: &PublicKey) -> Result<crate::store::AskingNode, &'static str> {
+        let name = user
+            .strip_prefix(crate::nodes::NODE_LOGIN_PREFIX)
+            .unwrap_or_default();
+        match self
+            .shared
+            .store
+            .asking_node(name, &fingerprint_of(key))
+            .await
+        {
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => Err("unknown node or node credential"),
+            Err(e) => {
+                tracing::error!(error = %e, source = %self.source, "node authentication refused: database unavailable");
                 Err("database unavailable")
             }
         }
@@ -184,6 +208,12 @@ impl russh::server::Handler for Conn {
         if !super::algorithms::accepts_user_signature(offer.algorithm) {
             return Ok(self.refuse(user, SIGNATURE_REFUSED, Some(offer.public_key)));
         }
+        if user.starts_with(crate::nodes::NODE_LOGIN_PREFIX) {
+            return Ok(match self.node_lookup(user, offer.public_key).await {
+                Ok(_) => Auth::Accept,
+                Err(why) => self.refuse(user, why, Some(offer.public_key)),
+            });
+        }
         match self.lookup(user, offer.public_key).await {
             Ok(_) => Ok(Auth::Accept),
             Err(why) => Ok(self.refuse(user, why, Some(offer.public_key))),
@@ -200,6 +230,15 @@ impl russh::server::Handler for Conn {
         // accepted query.
         if !super::algorithms::accepts_user_signature(key.algorithm) {
             return Ok(self.refuse(user, SIGNATURE_REFUSED, Some(key.public_key)));
+        }
+        if user.starts_with(crate::nodes::NODE_LOGIN_PREFIX) {
+            return Ok(match self.node_lookup(user, key.public_key).await {
+                Ok(node) => {
+                    self.node = Some(node);
+                    Auth::Accept
+                }
+                Err(why) => self.refuse(user, why, Some(key.public_key)),
+            });
         }
         // Looked up again: the signature is now proven, and the account may
         // have changed since the offer.
@@ -243,6 +282,12 @@ impl russh::server::Handler for Conn {
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(node) = &self.node {
+            self.authenticated.store(true, Ordering::Relaxed);
+            self.startup = None;
+            tracing::debug!(node = %node.name, source = %self.source, "node authenticated");
+            return Ok(());
+        }
         let Some((account, fingerprint)) = self.accepted.take() else {
             return Err(russh::Error::NotAuthenticated);
         };
@@ -331,6 +376,16 @@ impl russh::server::Handler for Conn {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if let Some(node) = self.node.clone() {
+            reply.accept().await;
+            tokio::spawn(super::node_channel::run(
+                self.shared.clone(),
+                node,
+                self.source.clone(),
+                channel,
+            ));
+            return Ok(());
+        }
         let Some(ctx) = self.ctx.clone() else {
             return Ok(());
         };

@@ -13,6 +13,7 @@ mod handler;
 mod killable;
 pub mod line_editor;
 mod memory;
+mod node_channel;
 mod penalty;
 pub mod sessions;
 mod startups;
@@ -41,6 +42,8 @@ pub struct Shared {
     pub penalties: Arc<penalty::Penalties>,
     /// What forwards may land on (the operator's rules).
     pub reach: crate::reach::Rules,
+    /// `nodes.login_from`: the gateway's addresses as nodes see them.
+    pub login_from: Vec<std::net::IpAddr>,
 }
 
 /// An accepted connection on its way to a worker, with what it holds: its
@@ -186,6 +189,7 @@ struct Common {
     config: Config,
     ssh_config: Arc<russh::server::Config>,
     reach: crate::reach::Rules,
+    login_from: Vec<std::net::IpAddr>,
 }
 
 fn start_worker(
@@ -200,10 +204,11 @@ fn start_worker(
         common.metrics.clone(),
         common.penalties.clone(),
     );
-    let (config, ssh_config, reach) = (
+    let (config, ssh_config, reach, login_from) = (
         common.config.clone(),
         common.ssh_config.clone(),
         common.reach.clone(),
+        common.login_from.clone(),
     );
     let thread = std::thread::Builder::new()
         .name(format!("gatehouse-{index}"))
@@ -231,6 +236,7 @@ fn start_worker(
                     metrics,
                     config,
                     reach,
+                    login_from,
                 });
                 let _ = ready.send(Ok(()));
                 let mut exit = exit;
@@ -306,6 +312,7 @@ pub async fn serve(config: Config) -> Result<()> {
         config: config.clone(),
         ssh_config: Arc::new(russh_config(&config, key)),
         reach,
+        login_from: config.nodes.login_from()?,
     };
     let count = match config.server.workers {
         0 => std::thread::available_parallelism()

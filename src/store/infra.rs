@@ -17,6 +17,12 @@ pub struct Node {
     /// The cluster it is allocated to; `None` while in the free pool.
     pub cluster: Option<String>,
     pub project: Option<String>,
+    /// When it was enrolled (`gatehouse node enroll`), if it is.
+    #[serde(skip)]
+    pub enrolled_at: Option<i64>,
+    /// When it last asked who may log in.
+    #[serde(skip)]
+    pub last_asked: Option<i64>,
 }
 
 impl Node {
@@ -73,8 +79,10 @@ pub enum ClusterConfigChange {
     KubeCa(Option<String>),
 }
 
-const NODE_SELECT: &str = "SELECT n.id, n.name, n.host, n.port, n.gpu_type, n.gpus, c.name AS cluster, p.name AS project \
-     FROM nodes n LEFT JOIN clusters c ON c.id = n.cluster_id LEFT JOIN projects p ON p.id = c.project_id";
+const NODE_SELECT: &str = "SELECT n.id, n.name, n.host, n.port, n.gpu_type, n.gpus, c.name AS cluster, p.name AS project, \
+     nc.created_at AS enrolled_at, nc.last_asked \
+     FROM nodes n LEFT JOIN clusters c ON c.id = n.cluster_id LEFT JOIN projects p ON p.id = c.project_id \
+     LEFT JOIN node_credentials nc ON nc.node_id = n.id";
 
 const CLUSTER_SELECT: &str = "SELECT c.id, c.project_id, p.name AS project, c.name, c.gpu_type, c.description, \
      c.kube_api, c.dashboard, c.node_user, c.kube_ca, c.created_at \
@@ -118,6 +126,8 @@ impl Store {
             gpus,
             cluster: None,
             project: None,
+            enrolled_at: None,
+            last_asked: None,
         })
     }
 
@@ -153,6 +163,10 @@ impl Store {
             };
             super::revocations::append(&mut *tx, &r).await?;
         }
+        sqlx::query("DELETE FROM node_credentials WHERE node_id = $1")
+            .bind(node.id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM nodes WHERE id = $1")
             .bind(node.id)
             .execute(&mut *tx)

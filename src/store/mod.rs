@@ -4,6 +4,7 @@
 //! both win; multi-step changes are one transaction.
 
 mod accounts;
+mod enrollment;
 mod infra;
 mod projects;
 mod revocations;
@@ -14,6 +15,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyPool, Transaction};
 
 pub use accounts::{Account, KeyRecord};
+pub use enrollment::{AskingNode, KeyHolder};
 pub use infra::{Cluster, ClusterConfigChange, Node, Volume};
 pub use projects::{Member, Membership, ProjectDeleted, ProjectSummary};
 pub use revocations::{ChannelFacts, Revocation};
