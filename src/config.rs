@@ -287,13 +287,24 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
+/// Longest duration a config key may hold: far above any sensible value,
+/// and far below what `Instant + d` can hold.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| {
+    let shown = crate::model::printable(&s, 64);
+    let d = humantime::parse_duration(&s).map_err(|e| {
         serde::de::Error::custom(format!(
-            "invalid duration {s:?}: {e} (use e.g. 30s, 5m, 1h)"
+            "invalid duration \"{shown}\": {e} (use e.g. 30s, 5m, 1h)"
         ))
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(serde::de::Error::custom(format!(
+            "duration \"{shown}\" is longer than a year"
+        )));
+    }
+    Ok(d)
 }
 
 impl Config {
@@ -303,10 +314,13 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         let mut config: Config = toml::from_str(&text).map_err(|e| {
+            // The message may quote a key from the file, which may hold any
+            // character: escaped, on one line.
+            let msg = e.message().trim().replace('\n', "; ");
             anyhow::anyhow!(
                 "invalid config file {}: {}",
                 path.display(),
-                e.message().trim().replace('\n', "; ")
+                crate::model::printable(&msg, 400)
             )
         })?;
         // A bare file name (`--config gatehouse.toml`) has an empty parent:
@@ -380,9 +394,8 @@ impl Config {
         self.forwarding.rules(Vec::new())?;
         self.nodes.login_from()?;
         if !self.nodes.gateway.is_empty() {
-            crate::model::HostPort::parse(&self.nodes.gateway).map_err(|e| {
-                anyhow::anyhow!("invalid config: nodes.gateway: {e}")
-            })?;
+            crate::model::HostPort::parse(&self.nodes.gateway)
+                .map_err(|e| anyhow::anyhow!("invalid config: nodes.gateway: {e}"))?;
         }
         Ok(())
     }

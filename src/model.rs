@@ -209,7 +209,8 @@ impl Name {
             .next()
             .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !first_ok || !rest_ok || s.len() > 63 {
+        // A DNS label neither starts nor ends with `-` (RFC 1123 §2.1).
+        if !first_ok || !rest_ok || s.len() > 63 || s.ends_with('-') {
             // `Train` is a common slip: say that names are lower-case and
             // offer the name that would have been accepted.
             let lower = s.to_ascii_lowercase();
@@ -221,7 +222,7 @@ impl Name {
                 )));
             }
             return Err(invalid(format!(
-                "invalid {what} name {}: use 1-63 of a-z 0-9 -, starting with a letter or digit",
+                "invalid {what} name {}: use 1-63 of a-z 0-9 -, starting and ending with a letter or digit",
                 quoted(s)
             )));
         }
@@ -421,6 +422,9 @@ impl HostPort {
             }
             (h, p)
         };
+        if !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("port must be 1-65535"));
+        }
         let port: u16 = port.parse().map_err(|_| bad("port must be 1-65535"))?;
         if port == 0 {
             return Err(bad("port must be 1-65535"));
@@ -528,8 +532,13 @@ impl SshPublicKey {
                 )));
             }
         }
-        let key = PublicKey::from_openssh(line)
-            .map_err(|e| invalid(format!("malformed {kind} public key: {e}")))?;
+        // The decoder's message may quote bytes of the key blob: escaped.
+        let key = PublicKey::from_openssh(line).map_err(|e| {
+            invalid(format!(
+                "malformed {kind} public key: {}",
+                printable(&e.to_string(), 200)
+            ))
+        })?;
         if key
             .comment()
             .to_string()
@@ -541,7 +550,13 @@ impl SshPublicKey {
             ));
         }
         if let Some(rsa) = key.key_data().rsa() {
-            let bits = rsa.key_size();
+            // The modulus's real length: ssh-key's key_size() counts whole
+            // bytes, so a 2041-2047-bit modulus would pass as 2048.
+            let n = rsa.n().as_positive_bytes().unwrap_or_default();
+            let bits = n
+                .first()
+                .map(|b| (n.len() as u32) * 8 - b.leading_zeros())
+                .unwrap_or(0);
             if bits < MIN_RSA_BITS {
                 return Err(invalid(format!(
                     "RSA key of {bits} bits is too short: use at least {MIN_RSA_BITS} bits, or ssh-ed25519"
@@ -640,7 +655,17 @@ mod tests {
         }
         assert!(Name::parse("project", "train-a").is_ok());
         assert!(Name::parse("project", "9x").is_ok());
-        for bad in ["", "-a", "A", "a_b", "a.b", "a;b", "$(x)", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a.b",
+            "a;b",
+            "$(x)",
+            &"a".repeat(64),
+        ] {
             assert!(Name::parse("project", bad).is_err(), "{bad}");
         }
     }
@@ -748,6 +773,7 @@ mod tests {
             "a;b:22",
             "[zz]:22",
             "host:-1",
+            "host:+22",
         ] {
             assert!(HostPort::parse(bad).is_err(), "{bad}");
         }

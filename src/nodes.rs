@@ -65,7 +65,12 @@ pub enum Answer {
 /// for the node's cluster) and the node's place. `from` are the addresses
 /// the gateway reaches the node from: the granted line only works for a
 /// login arriving from them.
-pub fn decide(node: &AskingNode, q: &Question, holder: Option<&KeyHolder>, from: &[IpAddr]) -> Answer {
+pub fn decide(
+    node: &AskingNode,
+    q: &Question,
+    holder: Option<&KeyHolder>,
+    from: &[IpAddr],
+) -> Answer {
     let Some((_, cluster, project, node_user)) = &node.cluster else {
         return Answer::Refuse(format!("node {} is in no cluster", node.name));
     };
@@ -89,7 +94,9 @@ pub fn decide(node: &AskingNode, q: &Question, holder: Option<&KeyHolder>, from:
         return Answer::Refuse("the registered key is malformed".into());
     };
     if from.is_empty() {
-        return Answer::Refuse("no gateway address to bind the key to (set nodes.login_from)".into());
+        return Answer::Refuse(
+            "no gateway address to bind the key to (set nodes.login_from)".into(),
+        );
     }
     let from: Vec<String> = from.iter().map(|ip| ip.to_string()).collect();
     // restrict, then only what users need: a terminal and -L on the node;
@@ -297,11 +304,18 @@ mod tests {
     #[test]
     fn members_of_either_role_get_a_bound_line() {
         for role in [Role::Admin, Role::Member] {
-            let a = decide(&node(true), &q("ubuntu"), Some(&holder(Some(role), false)), FROM);
+            let a = decide(
+                &node(true),
+                &q("ubuntu"),
+                Some(&holder(Some(role), false)),
+                FROM,
+            );
             let Answer::Grant { line, .. } = a else {
                 panic!("{a:?}")
             };
-            assert!(line.starts_with("restrict,pty,port-forwarding,from=\"10.0.0.5\" ssh-ed25519 AAAA"));
+            assert!(
+                line.starts_with("restrict,pty,port-forwarding,from=\"10.0.0.5\" ssh-ed25519 AAAA")
+            );
             assert!(line.ends_with(" gatehouse:bob@example.com:train"), "{line}");
             assert!(!line.contains("laptop"), "our comment, not the user's");
         }
@@ -311,18 +325,45 @@ mod tests {
     fn everyone_else_gets_nothing() {
         let member = holder(Some(Role::Member), false);
         let refused = |a: Answer| matches!(a, Answer::Refuse(_));
-        assert!(refused(decide(&node(false), &q("ubuntu"), Some(&member), FROM)));
-        assert!(refused(decide(&node(true), &q("root"), Some(&member), FROM)));
+        assert!(refused(decide(
+            &node(false),
+            &q("ubuntu"),
+            Some(&member),
+            FROM
+        )));
+        assert!(refused(decide(
+            &node(true),
+            &q("root"),
+            Some(&member),
+            FROM
+        )));
         assert!(refused(decide(&node(true), &q("ubuntu"), None, FROM)));
-        assert!(refused(decide(&node(true), &q("ubuntu"), Some(&holder(None, false)), FROM)));
-        assert!(refused(decide(&node(true), &q("ubuntu"), Some(&holder(Some(Role::Admin), true)), FROM)));
-        assert!(refused(decide(&node(true), &q("ubuntu"), Some(&member), &[])));
+        assert!(refused(decide(
+            &node(true),
+            &q("ubuntu"),
+            Some(&holder(None, false)),
+            FROM
+        )));
+        assert!(refused(decide(
+            &node(true),
+            &q("ubuntu"),
+            Some(&holder(Some(Role::Admin), true)),
+            FROM
+        )));
+        assert!(refused(decide(
+            &node(true),
+            &q("ubuntu"),
+            Some(&member),
+            &[]
+        )));
     }
 
     #[test]
     fn questions_are_parsed_strictly() {
         assert_eq!(
-            Question::parse("authorized-keys ubuntu SHA256:abc+/=").unwrap().login,
+            Question::parse("authorized-keys ubuntu SHA256:abc+/=")
+                .unwrap()
+                .login,
             "ubuntu"
         );
         for bad in [

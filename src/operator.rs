@@ -552,7 +552,9 @@ async fn node_enroll(
         None => enrolment.script(),
     };
     store.node_enroll(&name, &fingerprint).await?;
-    let msg = format!("enrolled node {name} with credential {fingerprint}; any earlier credential no longer works");
+    let msg = format!(
+        "enrolled node {name} with credential {fingerprint}; any earlier credential no longer works"
+    );
     store
         .audit(&event("node enroll", name.as_str(), None, &msg))
         .await?;
@@ -584,7 +586,8 @@ fn write_enrolment(dir: &std::path::Path, e: &crate::nodes::Enrolment) -> Result
             .mode(mode)
             .open(&tmp)
             .map_err(|err| fail(name, err))?;
-        f.write_all(text.as_bytes()).map_err(|err| fail(name, err))?;
+        f.write_all(text.as_bytes())
+            .map_err(|err| fail(name, err))?;
         std::fs::rename(&tmp, &path).map_err(|err| fail(name, err))?;
     }
     Ok(())

@@ -108,7 +108,11 @@ impl Conn {
     }
 
     /// The enrolled node `node.NAME` whose credential is `key`.
-    async fn node_lookup(&self, user: &str, key: &PublicKey) -> Result<crate::store::AskingNode, &'static str> {
+    async fn node_lookup(
+        &self,
+        user: &str,
+        key: &PublicKey,
+    ) -> Result<crate::store::AskingNode, &'static str> {
         let name = user
             .strip_prefix(crate::nodes::NODE_LOGIN_PREFIX)
             .unwrap_or_default();

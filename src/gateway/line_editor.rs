@@ -68,16 +68,28 @@ impl LineEditor {
         self.width = width.max(10);
     }
 
-    /// Starts a new line with `prompt` shown.
+    /// Starts a new line with `prompt` shown. Text typed ahead (pasted
+    /// after an Enter that is still being handled) is kept and shown after
+    /// the prompt, as a terminal's line discipline would.
     pub fn start(&mut self, prompt: &str) {
         self.prompt = prompt.to_string();
+        self.cursor_row = 0;
+        self.hist_pos = self.history.len();
+        if self.buf.is_empty() {
+            self.out.extend_from_slice(prompt.as_bytes());
+        } else {
+            self.cursor = self.buf.len();
+            self.refresh();
+        }
+    }
+
+    /// Forgets the line being edited (after Enter or Ctrl-C).
+    fn clear_line(&mut self) {
         self.buf.clear();
         self.cursor = 0;
         self.cursor_row = 0;
         self.too_long = false;
         self.bad_bytes = false;
-        self.hist_pos = self.history.len();
-        self.out.extend_from_slice(prompt.as_bytes());
     }
 
     /// Output for the terminal produced so far.
@@ -125,8 +137,7 @@ impl LineEditor {
             b'\n' => return Some(self.enter()),
             0x03 => {
                 self.out.extend_from_slice(b"^C\r\n");
-                self.buf.clear();
-                self.cursor = 0;
+                self.clear_line();
                 return Some(Event::Cancel);
             }
             0x04 => {
@@ -315,20 +326,13 @@ impl LineEditor {
         match candidates.as_slice() {
             [] => self.out.push(0x07),
             [one] => {
-                for c in one[partial.len()..].chars().chain(std::iter::once(' ')) {
-                    self.buf.insert(self.cursor, c);
-                    self.cursor += 1;
-                }
-                self.refresh();
+                let rest: String = one[partial.len()..].chars().chain([' ']).collect();
+                self.insert_completion(&rest);
             }
             many => {
                 let common = common_prefix(many);
                 if common.len() > partial.len() {
-                    for c in common[partial.len()..].chars() {
-                        self.buf.insert(self.cursor, c);
-                        self.cursor += 1;
-                    }
-                    self.refresh();
+                    self.insert_completion(&common[partial.len()..]);
                 } else {
                     self.move_to_end();
                     self.out.extend_from_slice(b"\r\n");
@@ -340,6 +344,21 @@ impl LineEditor {
                 }
             }
         }
+    }
+
+    /// Inserts completed text at the cursor, held to the line's limit like
+    /// typed text: a completion that does not fit is refused with a bell.
+    fn insert_completion(&mut self, text: &str) {
+        let bytes: usize = self.buf.iter().map(|c| c.len_utf8()).sum();
+        if self.too_long || bytes + text.len() > self.max_len {
+            self.out.push(0x07);
+            return;
+        }
+        for c in text.chars() {
+            self.buf.insert(self.cursor, c);
+            self.cursor += 1;
+        }
+        self.refresh();
     }
 
     fn move_to_end(&mut self) {
@@ -356,15 +375,14 @@ impl LineEditor {
         self.move_to_end();
         self.out.extend_from_slice(b"\r\n");
         let line: String = self.buf.iter().collect();
-        self.buf.clear();
-        self.cursor = 0;
-        self.cursor_row = 0;
-        if self.bad_bytes {
+        let (bad_bytes, too_long) = (self.bad_bytes, self.too_long);
+        self.clear_line();
+        if bad_bytes {
             return Event::Rejected(
                 "the line contained NUL or invalid UTF-8 bytes; nothing was run".into(),
             );
         }
-        if self.too_long {
+        if too_long {
             return Event::Rejected(format!(
                 "line too long (at most {} bytes); nothing was run",
                 self.max_len
@@ -407,19 +425,22 @@ impl LineEditor {
     }
 }
 
+/// The longest common prefix of `words`, whole characters only.
 fn common_prefix(words: &[String]) -> String {
-    let first = &words[0];
-    let mut n = first.len();
+    let Some(first) = words.first() else {
+        return String::new();
+    };
+    let mut n = first.chars().count();
     for w in &words[1..] {
         n = n.min(
             first
-                .bytes()
-                .zip(w.bytes())
+                .chars()
+                .zip(w.chars())
                 .take_while(|(a, b)| a == b)
                 .count(),
         );
     }
-    first[..n].to_string()
+    first.chars().take(n).collect()
 }
 
 #[cfg(test)]

@@ -68,28 +68,29 @@ impl Store {
             Option<String>,
             Option<String>,
         );
-        let row: Option<Row> =
-            sqlx::query_as(
-                "SELECT n.id, n.name, n.host, n.port, c.id, c.name, p.name, c.node_user FROM nodes n \
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT n.id, n.name, n.host, n.port, c.id, c.name, p.name, c.node_user FROM nodes n \
                  JOIN node_credentials nc ON nc.node_id = n.id \
                  LEFT JOIN clusters c ON c.id = n.cluster_id \
                  LEFT JOIN projects p ON p.id = c.project_id \
                  WHERE n.name = $1 AND nc.fingerprint = $2",
-            )
-            .bind(name)
-            .bind(fingerprint)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.map(|(id, name, host, port, cid, cname, project, user)| AskingNode {
-            id,
-            name,
-            host,
-            port: port as u16,
-            cluster: match (cid, cname, project, user) {
-                (Some(c), Some(n), Some(p), Some(u)) => Some((c, n, p, u)),
-                _ => None,
+        )
+        .bind(name)
+        .bind(fingerprint)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(
+            |(id, name, host, port, cid, cname, project, user)| AskingNode {
+                id,
+                name,
+                host,
+                port: port as u16,
+                cluster: match (cid, cname, project, user) {
+                    (Some(c), Some(n), Some(p), Some(u)) => Some((c, n, p, u)),
+                    _ => None,
+                },
             },
-        }))
+        ))
     }
 
     /// Notes when a node last asked (shown by `node list`).
@@ -104,7 +105,11 @@ impl Store {
 
     /// Who holds the key `fingerprint`, and their role in the project of
     /// cluster `cluster_id`: the one lookup behind each node question.
-    pub async fn key_holder(&self, fingerprint: &str, cluster_id: i64) -> Result<Option<KeyHolder>> {
+    pub async fn key_holder(
+        &self,
+        fingerprint: &str,
+        cluster_id: i64,
+    ) -> Result<Option<KeyHolder>> {
         let row: Option<(String, String, i64, String, Option<String>)> = sqlx::query_as(
             "SELECT a.email, a.login, a.disabled, k.public_key, m.role \
              FROM ssh_keys k JOIN accounts a ON a.id = k.account_id \
