@@ -52,7 +52,11 @@ struct Args {
     /// Tiny sizes, for the smoke test
     #[arg(long)]
     quick: bool,
-    /// Measure only these: throughput, rtt, setup, memory, sessions, auth
+    /// Node logins asked through the gateway (AuthorizedKeysCommand) and
+    /// node questions at the account scale: how many of each
+    #[arg(long, default_value = "20")]
+    node_logins: usize,
+    /// Measure only these: throughput, rtt, setup, memory, sessions, auth, nodes
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     #[arg(long, hide = true)]
@@ -75,6 +79,7 @@ fn main() -> Result<()> {
         args.sessions = vec![5];
         args.max_sessions = 10;
         args.auth_scale_accounts = 200;
+        args.node_logins = 2;
     }
     let rt = tokio::runtime::Runtime::new()?;
     let report = rt.block_on(run(&args))?;
@@ -172,19 +177,28 @@ fn user() -> String {
 }
 
 fn start_sshd(dir: &Path, client_pub: &Path) -> Result<(Proc, u16)> {
-    let port = free_port()?;
+    start_sshd_with(dir, client_pub, free_port()?, "")
+}
+
+/// sshd on `port` with `authorized_keys` and `extra` config lines first.
+fn start_sshd_with(
+    dir: &Path,
+    authorized_keys: &Path,
+    port: u16,
+    extra: &str,
+) -> Result<(Proc, u16)> {
     let host_key = dir.join("sshd_host_key");
     keygen(&host_key)?;
     let config = dir.join("sshd_config");
     std::fs::write(
         &config,
         format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\nUsePAM no\nStrictModes no\n\
+            "{extra}Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\nUsePAM no\nStrictModes no\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin yes\nAllowTcpForwarding yes\n\
              MaxStartups 10000\nMaxSessions 100\nUseDNS no\nLogLevel ERROR\nPerSourcePenalties no\n",
             host_key.display(),
             dir.join("sshd.pid").display(),
-            client_pub.display()
+            authorized_keys.display()
         ),
     )?;
     let _ = std::fs::create_dir_all("/run/sshd");
@@ -841,6 +855,37 @@ async fn run(args: &Args) -> Result<String> {
         unit: "sessions",
         better: "higher",
     });
+    // A login on a node that asks the gateway, beside one with a plain
+    // authorized_keys file (the OpenSSH sshd above).
+    let mut node_line = String::new();
+    if want("nodes") && args.node_logins > 0 {
+        match enrolled_node(d, gh_port).await {
+            Ok((node, node_port, _enrolled)) => {
+                let n = Target {
+                    name: "node asking gatehouse",
+                    port: node_port,
+                    pid: node.0.id(),
+                    command: "true",
+                    ..clone_target(&o)
+                };
+                let mut nl = [Vec::new(), Vec::new()];
+                for _ in 0..args.node_logins {
+                    nl[0].push(setup_once(d, c, &o)?);
+                    nl[1].push(setup_once(d, c, &n)?);
+                }
+                rows.push(Row::medians(
+                    format!(
+                        "login on a node: authorized_keys vs asking the gateway ({} each)",
+                        args.node_logins
+                    ),
+                    &mut nl,
+                    "ms",
+                    "lower",
+                ));
+            }
+            Err(e) => node_line = format!("Node logins not measured: {e:#}.\n"),
+        }
+    }
     drop(gh);
 
     // Authentication against a large account base.
@@ -879,9 +924,147 @@ async fn run(args: &Args) -> Result<String> {
             args.auth_scale_accounts * 2,
             (ms_big / ms_small - 1.0) * 100.0
         );
+        if want("nodes") && args.node_logins > 0 {
+            let mut q = Vec::new();
+            let big_n = args.auth_scale_accounts.to_string();
+            for (what, t, name) in [("10", &ts, "small"), (big_n.as_str(), &tb, "big")] {
+                match node_questions(&d.join(name), t, &client_pub, args.node_logins).await {
+                    Ok((ms, cpu)) => q.push(format!(
+                        "{ms:.1} ms and {cpu:.2} ms of gateway CPU with {what} accounts"
+                    )),
+                    Err(e) => q.push(format!("not measured with {what} accounts ({e:#})")),
+                }
+            }
+            scale_line.push_str(&format!(
+                "A node question (the node's `authorized-keys` command: a whole SSH login to the gateway and its answer): {}.\n",
+                q.join(", against ")
+            ));
+        }
     }
+    scale_line.push_str(&node_line);
     drop(sshd);
     Ok(render(&rows, &scale_line, args))
+}
+
+// ---------------------------------------------------------------- nodes
+
+/// A folder sshd accepts an AuthorizedKeysCommand in (root-owned parents,
+/// none group- or world-writable): beside this binary, not under /tmp.
+fn command_dir() -> Result<tempfile::TempDir> {
+    let exe = std::env::current_exe()?;
+    let base = exe.parent().context("the bench binary's folder")?;
+    Ok(tempfile::Builder::new()
+        .prefix("bench-node")
+        .tempdir_in(base)?)
+}
+
+/// Enrols node `name` of the gateway in `gdir` (its config) into a fresh
+/// command folder, through the built `gatehouse` binary.
+fn enrol(gdir: &Path, name: &str, gateway_port: u16) -> Result<tempfile::TempDir> {
+    let dir = command_dir()?;
+    let cli = std::env::current_exe()?.with_file_name("gatehouse");
+    let out = Command::new(&cli)
+        .arg("--config")
+        .arg(gdir.join("gatehouse.toml"))
+        .args(["node", "enroll", name, "--gateway"])
+        .arg(format!("127.0.0.1:{gateway_port}"))
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .with_context(|| format!("cannot run {} (cargo build --release first)", cli.display()))?;
+    if !out.status.success() {
+        bail!("node enroll: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(dir)
+}
+
+/// Registers node `name` at `port` in a cluster `c-NAME` of the bench
+/// project, with the bench user as node_user.
+async fn node_in_cluster(gdir: &Path, name: &str, port: u16) -> Result<()> {
+    use gatehouse::model::{HostPort, Name};
+    use gatehouse::store::ClusterConfigChange;
+    let store =
+        gatehouse::store::Store::connect(&format!("sqlite://{}/gatehouse.db", gdir.display()), 2)
+            .await?;
+    store
+        .node_register(
+            &Name::parse("n", name)?,
+            &HostPort::parse(&format!("127.0.0.1:{port}"))?,
+            Some("bench-node"),
+            0,
+        )
+        .await?;
+    let project = store
+        .projects()
+        .await?
+        .into_iter()
+        .find(|p| p.name == "bench")
+        .context("the bench project")?;
+    let cluster = Name::parse("c", &format!("c-{name}"))?;
+    let c = store
+        .cluster_create(project.id, &cluster, 1, Some("bench-node"))
+        .await?;
+    store
+        .cluster_configure(&c, &[ClusterConfigChange::NodeUser(user())])
+        .await?;
+    Ok(())
+}
+
+/// An sshd whose only authorized keys come from asking the gateway at
+/// `gateway_port` (node `asker` of the gateway in `dir/gw`).
+async fn enrolled_node(dir: &Path, gateway_port: u16) -> Result<(Proc, u16, tempfile::TempDir)> {
+    let gdir = dir.join("gw");
+    let port = free_port()?;
+    node_in_cluster(&gdir, "asker", port).await?;
+    let enrolled = enrol(&gdir, "asker", gateway_port)?;
+    let ndir = dir.join("node");
+    std::fs::create_dir_all(&ndir)?;
+    let empty = ndir.join("authorized_keys");
+    std::fs::write(&empty, "")?;
+    let (proc, port) = start_sshd_with(
+        &ndir,
+        &empty,
+        port,
+        &format!("Include {}/sshd_config\n", enrolled.path().display()),
+    )?;
+    Ok((proc, port, enrolled))
+}
+
+/// Asks the gateway `count` node questions through the node's command;
+/// the median time and the gateway's CPU per question, in ms.
+async fn node_questions(
+    gdir: &Path,
+    t: &Target,
+    client_pub: &Path,
+    count: usize,
+) -> Result<(f64, f64)> {
+    let name = "scale";
+    node_in_cluster(gdir, name, free_port()?).await?;
+    let enrolled = enrol(gdir, name, t.port)?;
+    let fp = {
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(client_pub)
+            .output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let command = enrolled.path().join("authorized-keys");
+    let mut times = Vec::new();
+    let cpu_before = tree_cpu_secs(t.pid);
+    for _ in 0..count {
+        let start = Instant::now();
+        let out = Command::new(&command).arg(user()).arg(&fp).output()?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        if !String::from_utf8_lossy(&out.stdout).contains("gatehouse:") {
+            bail!("the node question was not granted: {out:?}");
+        }
+    }
+    let cpu = (tree_cpu_secs(t.pid) - cpu_before) * 1e3 / count.max(1) as f64;
+    Ok((median(&mut times), cpu))
 }
 
 fn clone_target(t: &Target) -> Target {
