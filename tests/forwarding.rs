@@ -82,7 +82,7 @@ impl World {
             c.args(["-p", &p.to_string()]);
         }
         c.arg(format!("{}@{target}", self.user)).arg(cmd);
-        run(&mut c)
+        common::run(&mut c)
     }
 
     /// `ssh -W TARGET gw` with `stdin`.
@@ -101,7 +101,7 @@ impl World {
                 "-W",
                 target,
             ]);
-        run(&mut c)
+        common::run(&mut c)
     }
 
     fn audit(&self) -> Vec<serde_json::Value> {
@@ -112,15 +112,6 @@ impl World {
             .as_array()
             .unwrap()
             .clone()
-    }
-}
-
-fn run(c: &mut Command) -> Run {
-    let out = common::run_with_timeout(c, None, Duration::from_secs(60));
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
@@ -174,7 +165,7 @@ fn scp_through_the_jump_keeps_every_byte() {
         .args(["-J", "gw"])
         .arg(&src)
         .arg(format!("{}@node-1.c1:{}", w.user, dest.display()));
-    run(&mut c).ok();
+    common::run(&mut c).ok();
     use sha2::Digest;
     assert_eq!(
         sha2::Sha256::digest(std::fs::read(&dest).unwrap()),
@@ -201,12 +192,7 @@ fn local_forward_to_another_port_on_a_node() {
         .spawn()
         .unwrap();
     assert!(common::wait_port(local, Duration::from_secs(10)));
-    let mut s = TcpStream::connect(("127.0.0.1", local)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"ping through the gateway").unwrap();
-    let mut buf = [0u8; 24];
-    s.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"ping through the gateway");
+    common::assert_echo(local, b"ping through the gateway");
     let _ = tunnel.kill();
     let _ = tunnel.wait();
 }
@@ -253,7 +239,7 @@ fn the_gateway_is_not_an_open_proxy() {
         "0:127.0.0.1:22",
         "whoami",
     ]);
-    let r = run(&mut c);
+    let r = common::run(&mut c);
     assert_eq!(r.code, 255, "{r:?}");
     let agent_sock = w.gw.path("agent.sock");
     let mut agent = Command::new("ssh-agent")
@@ -275,7 +261,7 @@ fn the_gateway_is_not_an_open_proxy() {
         .arg("-i")
         .arg(&w.bob.private)
         .args(["-p", &w.gw.port.to_string(), "bob@127.0.0.1", "whoami"]);
-    run(&mut c).ok();
+    common::run(&mut c).ok();
     let _ = agent.kill();
     let _ = agent.wait();
 
@@ -383,7 +369,7 @@ fn kubectl_through_a_socks_forward_with_tls_verified() {
         .arg("--kubeconfig")
         .arg(dir.join("kubeconfig"))
         .args(["--token", "test", "--request-timeout", "20s", "get", "pods"]);
-    let r = run(&mut k);
+    let r = common::run(&mut k);
     let _ = tunnel.kill();
     let _ = tunnel.wait();
     let _ = api.kill();

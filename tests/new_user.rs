@@ -8,16 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Gateway, Key, Run, Term, http_get, metric};
-
-fn run(cmd: &mut Command) -> Run {
-    let out = common::run_with_timeout(cmd, None, Duration::from_secs(30));
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use common::{Gateway, Key, Term, http_get, metric};
 
 /// alice admin of `train`, bob a member; the gateway started.
 fn train(extra: &str) -> Option<(Gateway, Key, Key)> {
@@ -62,7 +53,7 @@ fn a_config_given_as_a_bare_file_name_is_found() {
     let gw = Gateway::new("");
     gw.cli(&["node", "register", "n1", "10.0.0.1:22"]).ok();
     let dir = gw.dir.path();
-    let r = run(Command::new(common::BIN).current_dir(dir).args([
+    let r = common::run(Command::new(common::BIN).current_dir(dir).args([
         "--config",
         "gatehouse.toml",
         "node",
@@ -70,16 +61,20 @@ fn a_config_given_as_a_bare_file_name_is_found() {
     ]));
     r.ok();
     assert!(r.stdout.contains("n1"), "{r:?}");
-    let r = run(Command::new(common::BIN)
-        .current_dir(dir)
-        .env("GATEHOUSE_CONFIG", "gatehouse.toml")
-        .args(["node", "list", "--json"]));
+    let r = common::run(
+        Command::new(common::BIN)
+            .current_dir(dir)
+            .env("GATEHOUSE_CONFIG", "gatehouse.toml")
+            .args(["node", "list", "--json"]),
+    );
     assert_eq!(r.ok().count(), 1);
     // An empty GATEHOUSE_CONFIG is no setting at all: the default path.
-    let r = run(Command::new(common::BIN)
-        .current_dir(dir)
-        .env("GATEHOUSE_CONFIG", "")
-        .args(["node", "list"]));
+    let r = common::run(
+        Command::new(common::BIN)
+            .current_dir(dir)
+            .env("GATEHOUSE_CONFIG", "")
+            .args(["node", "list"]),
+    );
     r.fails(2, "cannot read config file config/gatehouse.toml");
 }
 
@@ -225,7 +220,7 @@ fn a_node_at_a_wrong_address_says_why_and_node_check_finds_it() {
             target,
             "bob@127.0.0.1",
         ]);
-        run(&mut c)
+        common::run(&mut c)
     };
     let r = w_to("dead.c1:22");
     assert_eq!(r.code, 255, "{r:?}");
@@ -285,12 +280,12 @@ fn options_after_the_command_reach_the_gateway() {
     // Unquoted, as a person types it: `ssh gw cluster list -p train --json`.
     let mut c = gw.ssh_cmd("alice", &alice);
     c.args(["cluster", "list", "-p", "train", "--json"]);
-    let r = run(&mut c);
+    let r = common::run(&mut c);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.trim_start().starts_with('['), "{r:?}");
     let mut c = gw.ssh_cmd("alice", &alice);
     c.args(["--", "-p", "train", "--json", "cluster", "list"]);
-    assert_eq!(run(&mut c).code, 0);
+    assert_eq!(common::run(&mut c).code, 0);
 }
 
 // 6. The operator CLI names the missing argument.
@@ -652,10 +647,12 @@ fn serve_on_a_busy_port_says_so_once() {
         format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n"),
     )
     .unwrap();
-    let r = run(Command::new(common::BIN)
-        .arg("--config")
-        .arg(&config)
-        .arg("serve"));
+    let r = common::run(
+        Command::new(common::BIN)
+            .arg("--config")
+            .arg(&config)
+            .arg("serve"),
+    );
     assert_eq!(r.code, 1, "{r:?}");
     assert_eq!(
         r.stderr.matches("cannot listen on").count(),

@@ -4,22 +4,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Gateway, Key, Run};
-
-fn run(cmd: &mut Command) -> Run {
-    let out = common::run_with_timeout(cmd, None, Duration::from_secs(60));
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// A folder sshd accepts an AuthorizedKeysCommand in: it and every folder
 /// above it root-owned and not writable by group or others (sshd(8)), so
@@ -153,8 +142,12 @@ fn world() -> Option<World> {
     let user = common::local_user();
     gw.ssh("alice", &alice, &["member", "add", "bob@example.com"])
         .ok();
-    gw.ssh("alice", &alice, &["cluster", "create", "c1", "--nodes", "1"])
-        .ok();
+    gw.ssh(
+        "alice",
+        &alice,
+        &["cluster", "create", "c1", "--nodes", "1"],
+    )
+    .ok();
     gw.ssh(
         "alice",
         &alice,
@@ -194,7 +187,7 @@ impl World {
             .args(["-J", "gw"])
             .arg(format!("{}@n1.c1", self.user))
             .arg(cmd);
-        run(&mut c)
+        common::run(&mut c)
     }
 
     /// Straight to the node, not through the gateway.
@@ -206,7 +199,7 @@ impl World {
             .args(["-p", &self.node.port.to_string()])
             .arg(format!("{user}@127.0.0.1"))
             .arg("echo in");
-        run(&mut c)
+        common::run(&mut c)
     }
 
     fn questions(&self) -> Vec<serde_json::Value> {
@@ -240,7 +233,9 @@ fn a_member_added_by_the_seeds_flow_logs_in_with_nothing_copied() {
     // The node's auth log has the key; the gateway's audit, whose it is.
     let fp = w.bob.fingerprint();
     assert!(
-        w.node.log().contains(&format!("Accepted publickey for {} from", w.user))
+        w.node
+            .log()
+            .contains(&format!("Accepted publickey for {} from", w.user))
             && w.node.log().contains(&fp),
         "{}",
         w.node.log()
@@ -254,7 +249,10 @@ fn a_member_added_by_the_seeds_flow_logs_in_with_nothing_copied() {
     assert_eq!(nodes[0]["enrolled"], true);
     assert!(nodes[0]["last_asked"].is_string());
     let table = w.gw.cli(&["node", "list"]).ok().stdout.clone();
-    assert!(table.contains("ENROLLED") && table.contains("yes"), "{table}");
+    assert!(
+        table.contains("ENROLLED") && table.contains("yes"),
+        "{table}"
+    );
 
     // scp, rsync and -L on the node, through the gateway.
     let cfg = common::jump_config(&w.gw, "bob", &w.bob);
@@ -262,11 +260,12 @@ fn a_member_added_by_the_seeds_flow_logs_in_with_nothing_copied() {
     std::fs::write(&src, vec![7u8; 1 << 20]).unwrap();
     let remote = format!("/tmp/gh-node-{}.bin", std::process::id());
     let mut c = Command::new("scp");
-    c.arg("-F").arg(&cfg).args(["-J", "gw"]).arg(&src).arg(format!(
-        "{}@n1.c1:{remote}",
-        w.user
-    ));
-    run(&mut c).ok();
+    c.arg("-F")
+        .arg(&cfg)
+        .args(["-J", "gw"])
+        .arg(&src)
+        .arg(format!("{}@n1.c1:{remote}", w.user));
+    common::run(&mut c).ok();
     assert_eq!(std::fs::read(&remote).unwrap().len(), 1 << 20);
     if common::have("rsync") {
         let dst = w.gw.path("back.bin");
@@ -275,7 +274,7 @@ fn a_member_added_by_the_seeds_flow_logs_in_with_nothing_copied() {
             .arg(format!("ssh -F {} -J gw", cfg.display()))
             .arg(format!("{}@n1.c1:{remote}", w.user))
             .arg(&dst);
-        run(&mut c).ok();
+        common::run(&mut c).ok();
         assert_eq!(std::fs::read(&dst).unwrap().len(), 1 << 20);
     }
     let _ = std::fs::remove_file(&remote);
@@ -290,12 +289,7 @@ fn a_member_added_by_the_seeds_flow_logs_in_with_nothing_copied() {
         .stdin(Stdio::null());
     let mut tunnel = c.spawn().unwrap();
     assert!(common::wait_port(local, Duration::from_secs(15)));
-    let mut s = TcpStream::connect(("127.0.0.1", local)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"through the node\n").unwrap();
-    let mut buf = [0u8; 17];
-    s.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"through the node\n");
+    common::assert_echo(local, b"through the node\n");
     let _ = tunnel.kill();
     let _ = tunnel.wait();
 }
@@ -304,7 +298,11 @@ fn a_member_added_by_the_seeds_flow_logs_in_with_nothing_copied() {
 fn the_gateway_refuses_everyone_else_at_the_node() {
     let Some(w) = world() else { return };
     assert_eq!(w.jump("bob", &w.bob, "true").code, 0);
-    assert_eq!(w.direct(&w.bob, &w.user).code, 0, "direct works while a member");
+    assert_eq!(
+        w.direct(&w.bob, &w.user).code,
+        0,
+        "direct works while a member"
+    );
     // A non-member with a registered key; a member of another project.
     refused(&w.direct(&w.dave, &w.user));
     refused(&w.direct(&w.carol, &w.user));
@@ -366,10 +364,11 @@ fn a_node_scaled_away_grants_nobody() {
     )
     .ok();
     refused(&w.direct(&w.alice, &w.user));
-    assert!(w.questions().iter().any(|e| e["detail"]
-        .as_str()
-        .unwrap()
-        .contains("is in no cluster")));
+    assert!(
+        w.questions()
+            .iter()
+            .any(|e| e["detail"].as_str().unwrap().contains("is in no cluster"))
+    );
 }
 
 #[test]
@@ -442,10 +441,14 @@ fn the_enrolment_script_installs_on_a_debian_node() {
         assert!(script.contains(needle), "{needle}:\n{script}");
     }
     if common::have("sh") {
-        let out = Command::new("sh").args(["-n", "-c", script]).output().unwrap();
+        let out = Command::new("sh")
+            .args(["-n", "-c", script])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "the script parses");
     }
-    gw.cli(&["node", "enroll", "ghost"]).fails(1, "no node ghost");
+    gw.cli(&["node", "enroll", "ghost"])
+        .fails(1, "no node ghost");
     let bare = Gateway::new("");
     bare.cli(&["node", "register", "gpu-1", "10.0.0.1:22"]).ok();
     bare.cli(&["node", "enroll", "gpu-1"])

@@ -14,15 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::{Gateway, Key, Run, http_get, metric};
 
-fn run(cmd: &mut Command) -> Run {
-    let out = common::run_with_timeout(cmd, None, Duration::from_secs(60));
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 /// The base `ssh` command at the client's VERBOSE level (the first value of
 /// an option wins), so a refused channel's reason is printed.
 fn ssh_verbose(gw: &Gateway, login: &str, key: &Key) -> Command {
@@ -132,6 +123,23 @@ impl World {
         metric(&http_get(self.mport, "/metrics").1, name)
     }
 
+    /// Registers node `theirs` on 127.0.0.1 (the host n1 is on) into a
+    /// cluster of carol's project infer; returns its port (an echo server).
+    fn neighbour(&self) -> u16 {
+        let theirs = common::echo_server();
+        self.gw
+            .cli(&["node", "register", "theirs", &format!("127.0.0.1:{theirs}")])
+            .ok();
+        self.gw
+            .ssh(
+                "carol",
+                &self.carol,
+                &["cluster", "create", "c9", "--nodes", "1"],
+            )
+            .ok();
+        theirs
+    }
+
     /// Waits until no forward is open on the gateway; false after 5 s.
     fn forwards_drain(&self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -161,15 +169,7 @@ fn project_admins_cannot_point_the_api_anywhere() {
     set("kube_api=10.1.2.3:6443").fails(2, "forwarding.api_allow");
     set("kube_api=no-such-host.invalid:6443").fails(2, "does not resolve");
     // Another project's node, on the same host.
-    let theirs = common::echo_server();
-    w.gw.cli(&["node", "register", "theirs", &format!("127.0.0.1:{theirs}")])
-        .ok();
-    w.gw.ssh(
-        "carol",
-        &w.carol,
-        &["cluster", "create", "c9", "--nodes", "1"],
-    )
-    .ok();
+    let theirs = w.neighbour();
     set(&format!("kube_api=127.0.0.1:{theirs}")).fails(2, "another registered node (theirs)");
     let cfg = w.alice(&["cluster", "config", "c1", "--json"]).ok().json();
     assert!(
@@ -216,15 +216,7 @@ fn the_operator_allowlist_opens_ranges_but_never_loopback() {
 #[test]
 fn a_node_port_never_lands_on_another_node_or_the_gateway() {
     let Some(w) = world("") else { return };
-    let theirs = common::echo_server();
-    w.gw.cli(&["node", "register", "theirs", &format!("127.0.0.1:{theirs}")])
-        .ok();
-    w.gw.ssh(
-        "carol",
-        &w.carol,
-        &["cluster", "create", "c9", "--nodes", "1"],
-    )
-    .ok();
+    let theirs = w.neighbour();
     let mine = format!("n1.c1:{}", w.echo);
     let r = stdio_forward(&w.gw, "bob", &w.bob, &mine, b"ok\n");
     assert_eq!(r.stdout, "ok\n", "{r:?}");
@@ -623,7 +615,7 @@ fn unauthenticated_connections_are_limited_per_source_and_in_total() {
     // Another address still gets in, and can log in.
     let mut c = w.gw.ssh_cmd("alice", &w.alice);
     c.args(["-b", "127.0.0.2", "whoami"]);
-    run(&mut c).ok();
+    common::run(&mut c).ok();
     let other = Ipv4Addr::new(127, 0, 0, 3);
     let more: Vec<TcpStream> = (0..2)
         .map(|_| {
@@ -669,7 +661,7 @@ fn connections_that_never_authenticate_are_rate_limited() {
     for _ in 0..6 {
         let mut c = w.gw.ssh_cmd("alice", &w.alice);
         c.args(["-b", "127.0.0.6", "whoami"]);
-        run(&mut c).ok();
+        common::run(&mut c).ok();
     }
 }
 

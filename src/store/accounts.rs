@@ -201,9 +201,7 @@ impl Store {
     }
 
     pub async fn key_add(&self, account: &Account, key: &SshPublicKey) -> Result<KeyRecord> {
-        let line = key
-            .to_openssh()
-            .map_err(|e| StoreError::Refused(format!("cannot encode the key: {e}")))?;
+        let line = key_line(key)?;
         let row: KeyRecord = sqlx::query_as(
             "INSERT INTO ssh_keys (account_id, fingerprint, algorithm, public_key, comment, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6) \
@@ -230,9 +228,7 @@ impl Store {
     /// account holds the key. Conflict only when this account already has
     /// it registered.
     pub async fn key_add_pending(&self, account: &Account, key: &SshPublicKey) -> Result<()> {
-        let line = key
-            .to_openssh()
-            .map_err(|e| StoreError::Refused(format!("cannot encode the key: {e}")))?;
+        let line = key_line(key)?;
         let mine: Option<(i64,)> =
             sqlx::query_as("SELECT id FROM ssh_keys WHERE account_id = $1 AND fingerprint = $2")
                 .bind(account.id)
@@ -352,4 +348,10 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// The key line stored for `key`: type, base64, comment.
+fn key_line(key: &SshPublicKey) -> Result<String> {
+    key.to_openssh()
+        .map_err(|e| StoreError::Refused(format!("cannot encode the key: {e}")))
 }

@@ -184,6 +184,23 @@ impl Run {
     }
 }
 
+/// Runs a command to completion (at most 60 s) and keeps what it printed.
+pub fn run(cmd: &mut Command) -> Run {
+    Run::from(run_with_timeout(cmd, None, Duration::from_secs(60)))
+}
+
+/// Sends `msg` through a local forward on `port` and asserts that it comes
+/// back unchanged (an echo server at the far end).
+#[track_caller]
+pub fn assert_echo(port: u16, msg: &[u8]) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("the forward's local port");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(msg).unwrap();
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).expect("the echo");
+    assert_eq!(back, msg);
+}
+
 /// A fresh ed25519 (or other) key pair made by ssh-keygen.
 pub struct Key {
     pub private: PathBuf,
