@@ -243,17 +243,40 @@ impl Metrics {
     }
 }
 
-/// Requests the metrics endpoint serves at once; more are dropped.
-const MAX_METRICS_REQUESTS: usize = 16;
+/// Requests the metrics endpoint serves at once, and from one address;
+/// more are dropped. A request's head must arrive within 2 s.
+const MAX_METRICS_REQUESTS: usize = 64;
+const MAX_METRICS_PER_SOURCE: usize = 8;
+
+/// One address's place among the metrics requests; released on drop.
+struct SourceSlot(
+    Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    std::net::IpAddr,
+);
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
+}
 
 /// Serves `/metrics` and `/healthz` on `listener` until the task is dropped.
 /// One request per connection: enough for Prometheus and probes.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Store) {
-    // Scrapes and probes are few; more at once is someone else.
+    // Scrapes and probes are few; more at once is someone else, and one
+    // address may not hold the others out.
     let busy = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_REQUESTS));
+    let per_source: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
+        Arc::default();
     loop {
-        let mut sock = match listener.accept().await {
-            Ok((sock, _)) => sock,
+        let (mut sock, peer) = match listener.accept().await {
+            Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors, typically: wait, do not spin.
                 tracing::warn!(error = %e, "metrics: accept failed");
@@ -265,10 +288,19 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Store) {
             // Dropped at once: the listener is not a resource to exhaust.
             continue;
         };
+        let slot = {
+            let mut map = per_source.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(peer.ip()).or_insert(0);
+            if *n >= MAX_METRICS_PER_SOURCE {
+                continue;
+            }
+            *n += 1;
+            SourceSlot(per_source.clone(), peer.ip())
+        };
         let metrics = metrics.clone();
         let store = store.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _held = (permit, slot);
             // Read the request head: it may arrive in several pieces.
             let mut buf = Vec::with_capacity(1024);
             let head = async {
@@ -281,7 +313,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Store) {
                 }
                 true
             };
-            let Ok(true) = tokio::time::timeout(std::time::Duration::from_secs(5), head).await
+            let Ok(true) = tokio::time::timeout(std::time::Duration::from_secs(2), head).await
             else {
                 return;
             };

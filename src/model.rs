@@ -52,17 +52,32 @@ pub fn printable(s: &str, max: usize) -> String {
     out
 }
 
-/// Unicode format characters (category Cf) that reorder or hide text:
-/// the bidi embeddings, overrides and isolates, and the zero-width ones.
+/// Invisible characters that reorder or hide text: Unicode's format
+/// characters (category Cf: bidi embeddings, overrides and isolates,
+/// zero-width ones, tags) and the line and paragraph separators (Zl, Zp).
 pub fn is_format_char(c: char) -> bool {
     matches!(c,
-        '\u{00AD}' | '\u{061C}' | '\u{180E}'
+        '\u{00AD}'
+        | '\u{0600}'..='\u{0605}'
+        | '\u{061C}'
+        | '\u{06DD}'
+        | '\u{070F}'
+        | '\u{0890}'..='\u{0891}'
+        | '\u{08E2}'
+        | '\u{180E}'
         | '\u{200B}'..='\u{200F}'
-        | '\u{202A}'..='\u{202E}'
+        | '\u{2028}'..='\u{202E}'
         | '\u{2060}'..='\u{2064}'
         | '\u{2066}'..='\u{206F}'
         | '\u{FEFF}'
-        | '\u{FFF9}'..='\u{FFFB}')
+        | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{110BD}'
+        | '\u{110CD}'
+        | '\u{13430}'..='\u{1343F}'
+        | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0001}'
+        | '\u{E0020}'..='\u{E007F}')
 }
 
 /// An email address, kept as typed; compared case-insensitively through
@@ -420,6 +435,16 @@ impl HostPort {
             if !valid_hostname(h) {
                 return Err(bad("bad host"));
             }
+            // `127.1`, `2130706433`, `0x7f000001` reach 127.0.0.1 through
+            // the resolver but read as something else: only the dotted quad.
+            let numeric = h.split('.').all(|l| {
+                l.bytes().all(|b| b.is_ascii_digit()) || l.to_ascii_lowercase().starts_with("0x")
+            });
+            if numeric && h.parse::<std::net::Ipv4Addr>().is_err() {
+                return Err(bad(
+                    "write an IPv4 address as four decimal numbers, like 10.0.0.1",
+                ));
+            }
             (h, p)
         };
         if !port.bytes().all(|b| b.is_ascii_digit()) {
@@ -725,6 +750,10 @@ mod tests {
     fn user_text_is_made_printable() {
         assert_eq!(printable("a\u{1b}[2Jb\nc", 64), "a\\u{1b}[2Jb\\u{a}c");
         assert_eq!(printable("x\u{202e}y", 64), "x\\u{202e}y");
+        for c in ['\u{e0049}', '\u{2028}', '\u{2029}', '\u{200b}', '\u{feff}'] {
+            assert!(is_format_char(c), "{c:?}");
+            assert!(!printable(&c.to_string(), 8).contains(c));
+        }
         assert_eq!(printable("abcdef", 3), "abc…");
         assert_eq!(quoted("\u{2066}"), "\"\\u{2066}\"");
     }
@@ -774,6 +803,10 @@ mod tests {
             "[zz]:22",
             "host:-1",
             "host:+22",
+            "127.1:22",
+            "2130706433:22",
+            "0x7f000001:22",
+            "0x7f.0.0.1:22",
         ] {
             assert!(HostPort::parse(bad).is_err(), "{bad}");
         }

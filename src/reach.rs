@@ -71,6 +71,27 @@ pub fn is_special(ip: IpAddr) -> bool {
     }
 }
 
+/// Cloud metadata and platform endpoints that no forward reaches, even
+/// inside an allowlisted range: they hand out the machine's credentials.
+/// (169.254.0.0/16 and fe80::/10 are refused as link-local anyway.)
+pub const METADATA: &[IpAddr] = &[
+    // AWS over IPv6 (Nitro).
+    IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    // Alibaba Cloud.
+    IpAddr::V4(std::net::Ipv4Addr::new(100, 100, 100, 200)),
+    // Azure's wire server.
+    IpAddr::V4(std::net::Ipv4Addr::new(168, 63, 129, 16)),
+];
+
+/// Whether two addresses may be the same machine: equal, or both this
+/// gateway's own (loopback or local interface addresses). Two addresses of
+/// one remote multi-homed host cannot be told apart from here; for those
+/// the operator's `forwarding.node_ports` is the rule to use.
+pub fn same_host(a: IpAddr, b: IpAddr) -> bool {
+    let (a, b) = (a.to_canonical(), b.to_canonical());
+    a == b || (is_local(a) && is_local(b))
+}
+
 /// True when `ip` is an address of this host: loopback, or one the kernel
 /// lets us bind to (an interface address).
 pub fn is_local(ip: IpAddr) -> bool {
@@ -87,32 +108,41 @@ impl Destination<'_> {
         if self.rules.own_ports.contains(&addr.port()) && is_local(ip) {
             return Err(format!("{addr} is the gateway's own listener"));
         }
-        if let Some((_, other)) = self
-            .registered
-            .iter()
-            .find(|(a, name)| *a == addr && Some(name.as_str()) != self.node)
-        {
+        if let Some((_, other)) = self.registered.iter().find(|(a, name)| {
+            a.port() == addr.port() && same_host(a.ip(), ip) && Some(name.as_str()) != self.node
+        }) {
             return Err(format!("{addr} is another registered node ({other})"));
         }
+        if METADATA.contains(&ip) {
+            return Err(format!("{addr} is a cloud metadata endpoint"));
+        }
         let on_cluster_host = self.cluster_hosts.contains(&ip);
+        let sshd = self.sshd_port == Some(addr.port());
+        let listed = self.rules.node_ports.is_empty()
+            || self
+                .rules
+                .node_ports
+                .iter()
+                .any(|r| r.contains(&addr.port()));
         match self.action {
             Action::UseKubernetes | Action::AccessDashboard => {
-                let allowed = on_cluster_host
-                    || (!is_special(ip) && self.rules.api_allow.iter().any(|n| n.contains(&ip)));
-                if !allowed {
+                let allowlisted =
+                    !is_special(ip) && self.rules.api_allow.iter().any(|n| n.contains(&ip));
+                if !on_cluster_host && !allowlisted {
                     return Err(format!(
                         "{addr} is neither a host of the cluster's nodes nor inside forwarding.api_allow"
                     ));
                 }
+                // On a node's host, a customer-set address is held to the
+                // ports the operator opened there, like a node forward.
+                if !allowlisted && !listed {
+                    return Err(format!(
+                        "port {} of a node is not in forwarding.node_ports",
+                        addr.port()
+                    ));
+                }
             }
             _ => {
-                let sshd = self.sshd_port == Some(addr.port());
-                let listed = self.rules.node_ports.is_empty()
-                    || self
-                        .rules
-                        .node_ports
-                        .iter()
-                        .any(|r| r.contains(&addr.port()));
                 if !sshd && !listed {
                     return Err(format!(
                         "port {} of a node is not in forwarding.node_ports",
@@ -302,6 +332,52 @@ mod tests {
         assert!(d.check(sa("127.0.0.1:8443")).is_err());
         assert!(d.check(sa("169.254.169.254:80")).is_err());
         assert!(d.check(sa("8.8.8.8:443")).is_ok());
+    }
+
+    #[test]
+    fn a_neighbour_on_another_local_address_is_still_a_neighbour() {
+        let r = rules();
+        let reg = vec![(sa("127.0.0.2:2202"), "theirs".to_string())];
+        let d = dest(&r, Action::SshToNodes, Some("mine"), &reg, &[]);
+        assert!(d.check(sa("127.0.0.1:2202")).is_err());
+        assert!(d.check(sa("127.0.0.1:2203")).is_ok());
+    }
+
+    #[test]
+    fn metadata_endpoints_stay_closed_even_when_allowlisted() {
+        let wide = Rules {
+            api_allow: vec![
+                parse_net("fd00::/8").unwrap(),
+                parse_net("100.64.0.0/10").unwrap(),
+                parse_net("168.63.0.0/16").unwrap(),
+            ],
+            ..rules()
+        };
+        let d = dest(&wide, Action::UseKubernetes, None, &[], &[]);
+        for bad in [
+            "[fd00:ec2::254]:80",
+            "100.100.100.200:80",
+            "168.63.129.16:80",
+        ] {
+            assert!(d.check(sa(bad)).is_err(), "{bad}");
+        }
+        assert!(d.check(sa("100.64.0.1:443")).is_ok());
+    }
+
+    #[test]
+    fn an_api_on_a_node_host_keeps_to_node_ports() {
+        let r = Rules {
+            node_ports: vec![parse_port_range("6443").unwrap()],
+            ..rules()
+        };
+        let hosts = ["10.0.0.1".parse().unwrap()];
+        let d = dest(&r, Action::UseKubernetes, None, &[], &hosts);
+        assert!(d.check(sa("10.0.0.1:6443")).is_ok());
+        assert!(d.check(sa("10.0.0.1:5432")).is_err());
+        assert!(
+            d.check(sa("10.20.0.5:5432")).is_ok(),
+            "allowlisted: the operator's word"
+        );
     }
 
     #[test]

@@ -44,9 +44,10 @@ pub struct Resolved {
     pub action: Action,
     /// The node's registered sshd port, for node forwards.
     pub sshd_port: Option<u16>,
-    /// Hosts of the cluster's nodes: where `kube_api` and `dashboard` may
-    /// point without the operator's allowlist (see [`crate::reach`]).
-    pub cluster_hosts: Vec<String>,
+    /// The cluster's nodes, `(name, host)`: where `kube_api` and
+    /// `dashboard` may point without the operator's allowlist (see
+    /// [`crate::reach`]).
+    pub cluster_nodes: Vec<(String, String)>,
 }
 
 /// Why a forward was refused; the text goes to the audit log.
@@ -194,7 +195,10 @@ fn service(
         cluster: c.name.clone(),
         action,
         sshd_port: None,
-        cluster_hosts: cluster_nodes.iter().map(|n| n.host.clone()).collect(),
+        cluster_nodes: cluster_nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.host.clone()))
+            .collect(),
     })
 }
 
@@ -259,7 +263,7 @@ fn node_target(n: &Node, port: u16) -> Resolved {
         node: Some(n.name.clone()),
         action: Action::SshToNodes,
         sshd_port: Some(n.port as u16),
-        cluster_hosts: Vec::new(),
+        cluster_nodes: Vec::new(),
     }
 }
 

@@ -905,3 +905,267 @@ fn the_metrics_listener_answers_get_only() {
     assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
     assert_eq!(http_get(w.mport, "/metrics").0, 200);
 }
+
+// Found by attacking the build: each of these was a way around a rule.
+
+#[test]
+fn queued_commands_stop_at_the_revocation() {
+    let Some(w) = world("") else { return };
+    let lines: String = (0..3000)
+        .map(|i| format!("volume create v{i} --size 1GiB\n"))
+        .collect::<String>()
+        + "volume create partial --size 1GiB";
+    let mut c = w.gw.ssh_cmd("alice", &w.alice);
+    c.arg("-T")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut batch = c.spawn().unwrap();
+    let mut input = batch.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(lines.as_bytes());
+        // Keep stdin open: no EOF, so only the revocation ends it.
+        std::thread::sleep(Duration::from_secs(8));
+    });
+    let count = |w: &World| -> usize {
+        let out =
+            w.gw.cli(&["audit", "--limit", "10000", "--json"])
+                .ok()
+                .json();
+        out.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "volume create" && e["outcome"] == "ok")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&w) < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    w.gw.cli(&["account", "disable", "alice@example.com"]).ok();
+    std::thread::sleep(Duration::from_millis(300));
+    let after = count(&w);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        count(&w) <= after + 1,
+        "commands kept committing after the revocation: {after} then {}",
+        count(&w)
+    );
+    assert!(count(&w) < 3000);
+    let out =
+        w.gw.cli(&["audit", "--limit", "10000", "--json"])
+            .ok()
+            .stdout
+            .clone();
+    assert!(
+        !out.contains("volume create partial"),
+        "a cut line never runs"
+    );
+    let _ = batch.kill();
+    let _ = batch.wait();
+    let _ = writer.join();
+}
+
+#[test]
+fn a_neighbour_on_another_local_address_is_unreachable() {
+    let Some(w) = world("") else { return };
+    let port = common::free_port();
+    w.gw.cli(&["node", "register", "theirs", &format!("127.0.0.2:{port}")])
+        .ok();
+    w.gw.ssh(
+        "carol",
+        &w.carol,
+        &["cluster", "create", "c9", "--nodes", "1"],
+    )
+    .ok();
+    let r = stdio_forward(&w.gw, "bob", &w.bob, &format!("n1.c1:{port}"), b"x");
+    assert!(
+        r.stderr.contains("another registered node (theirs)"),
+        "{r:?}"
+    );
+    w.alice(&[
+        "cluster",
+        "config",
+        "c1",
+        &format!("kube_api=127.0.0.1:{port}"),
+    ])
+    .fails(2, "another registered node (theirs)");
+}
+
+#[test]
+fn an_api_address_however_spelled_ends_with_its_node() {
+    let Some(w) = world("") else { return };
+    let api = common::echo_server();
+    for spelled in ["127.1", "2130706433", "0x7f000001"] {
+        w.alice(&[
+            "cluster",
+            "config",
+            "c1",
+            &format!("kube_api={spelled}:{api}"),
+        ])
+        .fails(2, "four decimal numbers");
+    }
+    w.alice(&[
+        "cluster",
+        "config",
+        "c1",
+        &format!("kube_api=LOCALHOST:{api}"),
+    ])
+    .ok();
+    let mut c = w.gw.ssh_cmd("bob", &w.bob);
+    c.args(["-W", "kube.c1:443"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut fwd = c.spawn().unwrap();
+    fwd.stdin.as_mut().unwrap().write_all(b"up\n").unwrap();
+    let mut buf = [0u8; 3];
+    fwd.stdout.as_mut().unwrap().read_exact(&mut buf).unwrap();
+    w.alice(&["cluster", "scale", "c1", "--nodes", "0", "--yes"])
+        .ok();
+    assert!(
+        common::wait_exit(&mut fwd, Duration::from_secs(3)).is_some(),
+        "the API forward on n1's host ended with n1"
+    );
+}
+
+#[test]
+fn an_api_address_on_a_node_host_keeps_to_node_ports() {
+    let Some(w) = world("[forwarding]\nnode_ports = [\"8888\"]\n") else {
+        return;
+    };
+    let other = common::echo_server();
+    w.alice(&[
+        "cluster",
+        "config",
+        "c1",
+        &format!("dashboard=127.0.0.1:{other}"),
+    ])
+    .fails(2, "not in forwarding.node_ports");
+}
+
+#[test]
+fn a_flood_of_refused_opens_is_cut_short() {
+    let Some(w) = world("") else { return };
+    let local = common::free_port();
+    let mut c = w.gw.ssh_cmd("bob", &w.bob);
+    c.args(["-N", "-L", &format!("{local}:not.a.node:22")])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null());
+    let mut tunnel = c.spawn().unwrap();
+    assert!(common::wait_port(local, Duration::from_secs(10)));
+    for _ in 0..120 {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", local)) {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 1];
+            let _ = s.read(&mut buf);
+        }
+    }
+    let denied = w
+        .audit()
+        .iter()
+        .filter(|e| e["action"] == "forward" && e["outcome"] == "denied" && e["actor"] == "bob")
+        .count();
+    assert!(denied <= 45, "the audit allowance held: {denied}");
+    assert!(w.metric("gatehouse_denials_total{kind=\"open_rate\"}") >= 1.0);
+    // Others are not held up.
+    w.alice(&["whoami"]).ok();
+    let _ = tunnel.kill();
+    let _ = tunnel.wait();
+}
+
+#[test]
+fn idle_metrics_connections_from_one_address_cannot_hold_the_others_out() {
+    let Some(w) = world("") else { return };
+    let held: Vec<TcpStream> = (0..8)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", w.mport)).ok())
+        .collect();
+    assert_eq!(held.len(), 8);
+    std::thread::sleep(Duration::from_millis(200));
+    // From another address, /healthz answers.
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
+        .unwrap();
+    sock.connect(&SocketAddr::from(([127, 0, 0, 1], w.mport)).into())
+        .unwrap();
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    drop(held);
+}
+
+#[test]
+fn invisible_characters_are_refused_everywhere_they_could_hide() {
+    let Some(w) = world("") else { return };
+    w.alice(&[
+        "cluster",
+        "config",
+        "c1",
+        "description=ok\u{e0049}\u{e0047}",
+    ])
+    .fails(2, "invisible formatting characters");
+    w.alice(&["cluster", "config", "c1", "description=a\u{2028}b"])
+        .fails(2, "invisible formatting characters");
+    let k = Key::new(w.gw.dir.path(), "tagged");
+    let line = format!(
+        "{} laptop\u{e0049}",
+        k.public_line().rsplit_once(' ').unwrap().0
+    );
+    std::fs::write(w.gw.path("tagged.pub"), line).unwrap();
+    w.gw.cli(&[
+        "key",
+        "add",
+        "bob@example.com",
+        "--file",
+        w.gw.path("tagged.pub").to_str().unwrap(),
+    ])
+    .fails(
+        2,
+        "comment contains control or invisible formatting characters",
+    );
+}
+
+#[test]
+fn x11_and_subsystem_refusals_are_audited() {
+    let Some(w) = world("") else { return };
+    // ssh asks for X11 only with a display to forward.
+    let mut c = w.gw.ssh_cmd("bob", &w.bob);
+    c.env("DISPLAY", "localhost:99").args(["-X", "whoami"]);
+    let _ = common::run(&mut c);
+    let mut c = w.gw.ssh_cmd("bob", &w.bob);
+    c.args(["-s", "sftp"]);
+    let _ = common::run(&mut c);
+    let audit = w.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "x11 forwarding" && e["outcome"] == "denied")
+    );
+    assert!(audit.iter().any(
+        |e| e["action"].as_str().unwrap_or("").starts_with("subsystem") && e["outcome"] == "denied"
+    ));
+}
+
+#[test]
+fn pending_keys_are_few_at_a_time() {
+    let Some(w) = world("") else { return };
+    for i in 0..6 {
+        let k = Key::new(w.gw.dir.path(), &format!("p{i}"));
+        let r = w.gw.ssh_stdin(
+            "bob",
+            &w.bob,
+            &["key", "add"],
+            Some(k.public_line().as_bytes()),
+        );
+        if i < 5 {
+            r.ok();
+        } else {
+            r.fails(1, "keys are already waiting to be confirmed");
+        }
+    }
+}

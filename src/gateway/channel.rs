@@ -245,6 +245,10 @@ async fn batch(conn: &ConnCtx, channel: &mut Io) -> u32 {
         };
         buf.extend_from_slice(&data);
         while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            // Revoked: nothing queued runs any more.
+            if channel.cancelled() {
+                return code;
+            }
             let line: Vec<u8> = buf.drain(..=pos).collect();
             code = batch_line(conn, channel, &line[..line.len() - 1], &mut current).await;
         }
@@ -260,7 +264,9 @@ async fn batch(conn: &ConnCtx, channel: &mut Io) -> u32 {
             .await;
         }
         if eof {
-            if !buf.is_empty() {
+            // A last line without a newline runs at a real end of input,
+            // never when the channel was cut.
+            if !buf.is_empty() && !channel.cancelled() {
                 let line = std::mem::take(&mut buf);
                 code = batch_line(conn, channel, &line, &mut current).await;
             }
@@ -354,7 +360,7 @@ impl<'a> Shell<'a> {
                     let events = self.editor.feed(&data);
                     self.flush(channel).await;
                     for ev in events {
-                        if self.event(channel, ev).await {
+                        if channel.cancelled() || self.event(channel, ev).await {
                             return 0;
                         }
                     }

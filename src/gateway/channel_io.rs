@@ -85,6 +85,12 @@ impl Io {
         self.id
     }
 
+    /// True once the channel was cancelled (access revoked, session
+    /// ended): queued input must not run.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
     /// The next message from the client; `None` when the channel closed,
     /// was cancelled, or its input overflowed (the client is told).
     pub async fn wait(&mut self) -> Option<ChannelMsg> {

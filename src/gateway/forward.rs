@@ -57,6 +57,8 @@ pub async fn run(
     host: String,
     port: u32,
     reply: OpenHandle,
+    // Held until the forward is open (or refused): the in-flight limit.
+    opening: tokio::sync::OwnedSemaphorePermit,
 ) {
     let shown = format!("{}:{port}", crate::model::printable(&host, 253));
     let registry = &conn.shared.registry;
@@ -66,10 +68,15 @@ pub async fn run(
     let mut stale = 0;
     let (resolved, _registered) = loop {
         let seen = registry.generation();
-        let resolved = match resolve(&conn, &host, port).await {
+        let mut resolved = match resolve(&conn, &host, port).await {
             Ok(r) => r,
             Err(why) => return refuse(&conn, None, &shown, &why, reply).await,
         };
+        if resolved.node.is_none() {
+            // An API or dashboard address on a node's host, however it is
+            // spelled: releasing that node must end this forward too.
+            resolved.node = node_at(&resolved).await;
+        }
         let mut live = LiveChannel::new(ChannelKind::Forward);
         live.project = Some(resolved.project.clone());
         live.cluster = Some(resolved.cluster.clone());
@@ -108,13 +115,12 @@ pub async fn run(
     };
     let timeout = conn.shared.config.limits.connect_timeout;
     let addr = resolved.connect.to_string();
-    let facts = match Facts::gather(
-        &conn.shared.store,
-        resolved.connect.port,
-        &resolved.cluster_hosts,
-    )
-    .await
-    {
+    let hosts: Vec<String> = resolved
+        .cluster_nodes
+        .iter()
+        .map(|(_, h)| h.clone())
+        .collect();
+    let facts = match Facts::gather(&conn.shared.store, resolved.connect.port, &hosts).await {
         Ok(f) => f,
         Err(e) => {
             let why = format!("cannot check the destination ({e})");
@@ -161,6 +167,7 @@ pub async fn run(
     };
     let _ = stream.set_nodelay(true);
     reply.accept().await;
+    drop(opening);
     tracing::info!(account = %conn.account.login, source = %conn.source, target = %shown, to = %reached, "forward opened");
     let _open = conn.shared.metrics.forward_open();
     let mut ch = channel.into_stream();
@@ -209,20 +216,38 @@ async fn refuse(
 ) {
     tracing::warn!(account = %conn.account.login, source = %conn.source, target = %shown, reason = %why, "forward refused");
     conn.shared.metrics.forward_refused();
-    audit(
-        conn,
-        resolved,
-        shown,
-        Outcome::Denied,
-        &format!("refused: {why}"),
-    )
-    .await;
+    // A flood of refusals spends the connection's budget (then opens are
+    // refused without work) and the account's audit allowance.
+    let _ = conn.may_refuse();
+    if crate::audit::admit_denial(&conn.account.login) {
+        audit(
+            conn,
+            resolved,
+            shown,
+            Outcome::Denied,
+            &format!("refused: {why}"),
+        )
+        .await;
+    }
     reply
         .reject(ChannelOpenFailure::Other {
             code: ChannelOpenFailure::AdministrativelyProhibited.code(),
             reason: format!("gatehouse refused {shown}: {why}"),
         })
         .await;
+}
+
+/// The cluster node whose host resolves to an address of the forward's
+/// destination host, if any.
+async fn node_at(r: &Resolved) -> Option<String> {
+    let dest = crate::net::resolve_host(&r.connect.host).await;
+    for (name, host) in &r.cluster_nodes {
+        let ips = crate::net::resolve_host(host).await;
+        if ips.iter().any(|ip| dest.contains(ip)) {
+            return Some(name.clone());
+        }
+    }
+    None
 }
 
 async fn resolve(conn: &ConnCtx, host: &str, port: u32) -> Result<Resolved, String> {

@@ -41,9 +41,6 @@ pub struct Conn {
     startup: Option<super::startups::Slot>,
 }
 
-/// How long a key added over SSH waits for its holder's first login.
-pub const PENDING_KEY_MAX_AGE_MS: i64 = 3_600_000;
-
 /// Why a key offered with a signature algorithm not in `server-sig-algs`
 /// (in practice `ssh-rsa`, RSA with SHA-1) is refused.
 const SIGNATURE_REFUSED: &str = "signature algorithm not accepted (ssh-rsa uses SHA-1; clients since OpenSSH 7.2 sign with rsa-sha2-256/512)";
@@ -87,7 +84,7 @@ impl Conn {
         let store = &self.shared.store;
         let found = match store.account_for_login_key(user, &fp).await {
             Ok(None) => store
-                .account_for_login_pending_key(user, &fp, PENDING_KEY_MAX_AGE_MS)
+                .account_for_login_pending_key(user, &fp, crate::store::PENDING_KEY_MAX_AGE_MS)
                 .await
                 .map(|a| a.map(|a| (a, true))),
             other => other.map(|a| a.map(|a| (a, false))),
@@ -355,6 +352,8 @@ impl russh::server::Handler for Conn {
             source: self.source.clone(),
             session_id,
             activity,
+            opening: Arc::new(tokio::sync::Semaphore::new(super::MAX_OPENING)),
+            refusals: std::sync::Mutex::new((super::REFUSAL_BURST, std::time::Instant::now())),
         });
         self.ctx = Some(ctx);
         Ok(())
@@ -443,12 +442,33 @@ impl russh::server::Handler for Conn {
         let Some(ctx) = self.ctx.clone() else {
             return Ok(());
         };
+        // Cheap refusals first: no database work for a client that floods.
+        let busy = if ctx.refusals_spent() {
+            Some("too many refused channel opens on this connection; slow down")
+        } else {
+            None
+        };
+        let permit = match (busy, ctx.opening.clone().try_acquire_owned()) {
+            (None, Ok(p)) => p,
+            (why, _) => {
+                let why = why.unwrap_or("too many channel opens in progress on this connection");
+                self.shared.metrics.denial("open_rate");
+                reply
+                    .reject(russh::ChannelOpenFailure::Other {
+                        code: russh::ChannelOpenFailure::ResourceShortage.code(),
+                        reason: why.to_string(),
+                    })
+                    .await;
+                return Ok(());
+            }
+        };
         tokio::spawn(forward::run(
             ctx,
             channel,
             host_to_connect.to_string(),
             port_to_connect,
             reply,
+            permit,
         ));
         Ok(())
     }
@@ -493,7 +513,10 @@ impl russh::server::Handler for Conn {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        tracing::info!(source = %self.source, subsystem = %crate::model::quoted(name), "subsystem refused");
+        self.shared.metrics.denial("subsystem");
+        let what = format!("subsystem {}", crate::model::quoted(name));
+        self.audit_refusal(&what, "subsystems (sftp) are not served by the gateway")
+            .await;
         session.channel_failure(channel)?;
         Ok(())
     }
@@ -508,6 +531,8 @@ impl russh::server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.shared.metrics.denial("x11");
+        self.audit_refusal("x11 forwarding", "X11 forwarding is not allowed")
+            .await;
         session.channel_failure(channel)?;
         Ok(())
     }

@@ -64,9 +64,46 @@ pub struct ConnCtx {
     pub session_id: String,
     /// When traffic last moved on any channel, in ms since the epoch.
     pub activity: Arc<std::sync::atomic::AtomicI64>,
+    /// Forward opens being checked and connected now (see
+    /// [`MAX_OPENING`]): each costs database reads before any limit on open
+    /// channels applies.
+    pub opening: Arc<tokio::sync::Semaphore>,
+    /// Refused forward opens: a bucket of [`REFUSAL_BURST`], refilled
+    /// [`REFUSALS_PER_SECOND`]; when empty, opens are refused at once,
+    /// without touching the database.
+    pub refusals: std::sync::Mutex<(f64, std::time::Instant)>,
 }
 
+/// Forward opens one connection may have in progress at once.
+pub const MAX_OPENING: usize = 16;
+/// Refused forward opens one connection may make in a burst, and then per
+/// second.
+pub const REFUSAL_BURST: f64 = 32.0;
+pub const REFUSALS_PER_SECOND: f64 = 4.0;
+
 impl ConnCtx {
+    /// Takes one refusal from the connection's budget; false when it is
+    /// spent (further opens are refused without any work).
+    pub fn may_refuse(&self) -> bool {
+        let now = std::time::Instant::now();
+        let mut b = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        b.0 =
+            (b.0 + now.duration_since(b.1).as_secs_f64() * REFUSALS_PER_SECOND).min(REFUSAL_BURST);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// True while the refusal budget is spent.
+    pub fn refusals_spent(&self) -> bool {
+        let b = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        b.0 + b.1.elapsed().as_secs_f64() * REFUSALS_PER_SECOND < 1.0
+    }
+
     /// Marks the connection as busy: input from the client, or bytes moving
     /// through a forward in either direction.
     pub fn touch(&self) {

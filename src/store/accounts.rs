@@ -242,6 +242,23 @@ impl Store {
             )));
         }
         let mut tx = self.begin_write().await?;
+        // Expired ones go; a few may wait at once.
+        sqlx::query("DELETE FROM pending_keys WHERE created_at < $1")
+            .bind(now_ms() - crate::store::PENDING_KEY_MAX_AGE_MS)
+            .execute(&mut *tx)
+            .await?;
+        let (waiting,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM pending_keys WHERE account_id = $1 AND fingerprint <> $2",
+        )
+        .bind(account.id)
+        .bind(key.fingerprint())
+        .fetch_one(&mut *tx)
+        .await?;
+        if waiting >= MAX_PENDING_KEYS {
+            return Err(StoreError::Refused(format!(
+                "{waiting} keys are already waiting to be confirmed: log in with one of them, or wait an hour"
+            )));
+        }
         sqlx::query("DELETE FROM pending_keys WHERE account_id = $1 AND fingerprint = $2")
             .bind(account.id)
             .bind(key.fingerprint())
@@ -349,6 +366,9 @@ impl Store {
         Ok(())
     }
 }
+
+/// Keys one account may have waiting for confirmation at once.
+const MAX_PENDING_KEYS: i64 = 5;
 
 /// The key line stored for `key`: type, base64, comment.
 fn key_line(key: &SshPublicKey) -> Result<String> {

@@ -57,6 +57,9 @@ fn conflict_on_unique(e: sqlx::Error, msg: impl FnOnce() -> String) -> StoreErro
     }
 }
 
+/// How long a key added over SSH waits for its holder's first login, in ms.
+pub const PENDING_KEY_MAX_AGE_MS: i64 = 3_600_000;
+
 /// Milliseconds since the Unix epoch: the one time format in the database.
 pub fn now_ms() -> i64 {
     SystemTime::now()
