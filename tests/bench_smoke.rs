@@ -31,8 +31,13 @@ fn benchmark_smoke_run_produces_every_figure() {
         "memory per idle session",
         "concurrent sessions held",
         "accounts",
+        "login on a node",
+        "A node question",
     ] {
         assert!(text.contains(figure), "missing {figure}: {text}");
+    }
+    for failure in ["not measured", "failed"] {
+        assert!(!text.contains(failure), "{text}");
     }
     assert!(
         text.starts_with("# Notes kept")

@@ -869,9 +869,18 @@ async fn run(args: &Args) -> Result<String> {
                     ..clone_target(&o)
                 };
                 let mut nl = [Vec::new(), Vec::new()];
+                let mut failed = None;
                 for _ in 0..args.node_logins {
-                    nl[0].push(setup_once(d, c, &o)?);
-                    nl[1].push(setup_once(d, c, &n)?);
+                    match (setup_once(d, c, &o), setup_once(d, c, &n)) {
+                        (Ok(a), Ok(b)) => {
+                            nl[0].push(a);
+                            nl[1].push(b);
+                        }
+                        (Err(e), _) | (_, Err(e)) => failed = Some(e),
+                    }
+                }
+                if let Some(e) = failed {
+                    node_line = format!("Node logins failed: {e:#}.\n");
                 }
                 rows.push(Row::medians(
                     format!(
@@ -951,11 +960,22 @@ async fn run(args: &Args) -> Result<String> {
 /// A folder sshd accepts an AuthorizedKeysCommand in (root-owned parents,
 /// none group- or world-writable): beside this binary, not under /tmp.
 fn command_dir() -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::MetadataExt;
     let exe = std::env::current_exe()?;
-    let base = exe.parent().context("the bench binary's folder")?;
-    Ok(tempfile::Builder::new()
+    let beside = exe.parent().context("the bench binary's folder")?;
+    let fit = |p: &Path| {
+        p.ancestors()
+            .all(|a| std::fs::metadata(a).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0))
+    };
+    let base = if fit(beside) {
+        beside
+    } else {
+        Path::new("/run")
+    };
+    tempfile::Builder::new()
         .prefix("bench-node")
-        .tempdir_in(base)?)
+        .tempdir_in(base)
+        .with_context(|| format!("cannot make a command folder in {}", base.display()))
 }
 
 /// Enrols node `name` of the gateway in `gdir` (its config) into a fresh
