@@ -21,6 +21,13 @@ use crate::store::{AskingNode, KeyHolder};
 /// logins never contain a dot, so the two cannot collide.
 pub const NODE_LOGIN_PREFIX: &str = "node.";
 
+/// The only `-R` listen a granted key may make: a `.invalid` name never
+/// resolves, so none is made.
+const NO_LISTEN: &str = "gatehouse.invalid:1";
+
+/// The node's own keys, tried before the gateway is asked.
+pub const BREAKGLASS: &str = "breakglass_keys";
+
 /// The one command a node may run.
 pub const COMMAND: &str = "authorized-keys";
 
@@ -100,10 +107,12 @@ pub fn decide(
     }
     let from: Vec<String> = from.iter().map(|ip| ip.to_string()).collect();
     // restrict, then only what users need: a terminal and -L on the node;
-    // no agent or X11 forwarding. The comment names who and where, so the
-    // node's auth log does too.
+    // no agent or X11 forwarding, and no -R: port-forwarding allows both,
+    // and permitlisten has no "none", so the only listen allowed is one on
+    // a name that never resolves (RFC 6761). The comment names who and
+    // where, so the node's auth log does too.
     let line = format!(
-        "restrict,pty,port-forwarding,from=\"{}\" {kind} {body} gatehouse:{}:{project}",
+        "restrict,pty,port-forwarding,permitlisten=\"{NO_LISTEN}\",from=\"{}\" {kind} {body} gatehouse:{}:{project}",
         from.join(","),
         h.email
     );
@@ -190,11 +199,15 @@ impl Enrolment {
         )
     }
 
-    /// The sshd_config fragment, for `Include DIR/sshd_config`.
+    /// The sshd_config fragment, for `Include DIR/sshd_config` at the top
+    /// of the node's sshd_config (sshd takes the first value it reads).
+    /// `AuthorizedKeysFile` is a root-owned file, not `~/.ssh`: a member who
+    /// was let in must not be able to plant a key that outlives them.
     pub fn sshd_config(&self, dir: &str) -> String {
         format!(
             "# gatehouse: the gateway decides who may log in (gatehouse node enroll {node}).\n\
-             # Keys in AuthorizedKeysFile still work first: keep one there for break-glass.\n\
+             # Keys in {dir}/breakglass_keys (root's to edit) work first, without the gateway.\n\
+             AuthorizedKeysFile {dir}/breakglass_keys\n\
              AuthorizedKeysCommand {dir}/authorized-keys %u %f\n\
              AuthorizedKeysCommandUser {user}\n",
             node = self.node,
@@ -202,13 +215,15 @@ impl Enrolment {
         )
     }
 
-    /// (file name, mode, contents) for a folder `dir`.
+    /// (file name, mode, contents) for a folder `dir`. The break-glass
+    /// file comes last and is only created, never replaced.
     pub fn files(&self, dir: &str) -> Vec<(&'static str, u32, String)> {
         vec![
             ("sshd_config", 0o644, self.sshd_config(dir)),
             ("authorized-keys", 0o755, self.command(dir)),
             ("node_key", 0o600, self.private_key.clone()),
             ("known_hosts", 0o644, self.known_hosts()),
+            (BREAKGLASS, 0o644, String::new()),
         ]
     }
 
@@ -230,6 +245,12 @@ impl Enrolment {
             u = self.command_user
         ));
         for (name, mode, text) in self.files(dir) {
+            if name == BREAKGLASS {
+                out.push_str(&format!(
+                    "[ -e {dir}/{name} ] || install -m {mode:o} -o root -g root /dev/null {dir}/{name}\n"
+                ));
+                continue;
+            }
             let target = if name == "sshd_config" {
                 "/etc/ssh/sshd_config.d/gatehouse.conf".to_string()
             } else {
@@ -278,6 +299,7 @@ mod tests {
             name: "gpu-1".into(),
             host: "10.0.0.1".into(),
             port: 22,
+            credential: "SHA256:node".into(),
             cluster: cluster.then(|| (7, "c1".into(), "train".into(), "ubuntu".into())),
         }
     }
@@ -314,7 +336,7 @@ mod tests {
                 panic!("{a:?}")
             };
             assert!(
-                line.starts_with("restrict,pty,port-forwarding,from=\"10.0.0.5\" ssh-ed25519 AAAA")
+                line.starts_with("restrict,pty,port-forwarding,permitlisten=\"gatehouse.invalid:1\",from=\"10.0.0.5\" ssh-ed25519 AAAA")
             );
             assert!(line.ends_with(" gatehouse:bob@example.com:train"), "{line}");
             assert!(!line.contains("laptop"), "our comment, not the user's");
@@ -400,5 +422,10 @@ mod tests {
         assert!(script.contains("/etc/ssh/sshd_config.d/gatehouse.conf"));
         assert!(script.contains("chmod 600 /etc/gatehouse/node_key.new"));
         assert!(script.contains("sshd -t"));
+        assert!(script.contains("[ -e /etc/gatehouse/breakglass_keys ] ||"));
+        assert!(
+            e.sshd_config("/d")
+                .contains("AuthorizedKeysFile /d/breakglass_keys")
+        );
     }
 }

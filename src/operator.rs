@@ -576,8 +576,36 @@ fn write_enrolment(dir: &std::path::Path, e: &crate::nodes::Enrolment) -> Result
         .map_err(|err| fail("the folder", err))?;
     let dir_abs = std::path::absolute(dir).map_err(|err| fail("the folder", err))?;
     let dir_str = dir_abs.display().to_string();
+    // The path goes into sshd_config and a shell script unquoted: plain
+    // characters only, so it can neither break nor inject.
+    if !dir_str
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
+    {
+        return Err(CmdError::Usage(format!(
+            "--dir {}: use a path of letters, digits and / . _ - only",
+            crate::model::quoted(&dir_str)
+        )));
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir_abs)
+            .map_err(|err| fail("the folder", err))?
+            .permissions()
+            .mode();
+        if mode & 0o022 != 0 {
+            return Err(CmdError::Usage(format!(
+                "--dir {dir_str} is writable by group or others (mode {:03o}); sshd refuses a command there",
+                mode & 0o777
+            )));
+        }
+    }
     for (name, mode, text) in e.files(&dir_str) {
         let path = dir_abs.join(name);
+        if name == crate::nodes::BREAKGLASS && path.exists() {
+            // The node's own keys: created once, never replaced.
+            continue;
+        }
         let tmp = dir_abs.join(format!(".{name}.new"));
         let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
@@ -588,9 +616,30 @@ fn write_enrolment(dir: &std::path::Path, e: &crate::nodes::Enrolment) -> Result
             .map_err(|err| fail(name, err))?;
         f.write_all(text.as_bytes())
             .map_err(|err| fail(name, err))?;
+        if name == "node_key" {
+            // The command runs as the command user, who must read the key.
+            chown_to(&tmp, &e.command_user).map_err(|err| fail(name, err))?;
+        }
         std::fs::rename(&tmp, &path).map_err(|err| fail(name, err))?;
     }
     Ok(())
+}
+
+/// Gives `path` to the Unix user `user` (when run as root; otherwise the
+/// file stays the caller's, who is then the only user that can be meant).
+fn chown_to(path: &std::path::Path, user: &str) -> std::io::Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let out = std::process::Command::new("id")
+        .args(["-u", user])
+        .output()?;
+    let uid: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("no Unix user {user} on this machine")))?;
+    std::os::unix::fs::chown(path, Some(uid), None)
 }
 
 /// The user running the CLI, for `AuthorizedKeysCommandUser` with --dir.

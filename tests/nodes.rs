@@ -46,8 +46,10 @@ impl Node {
             .output()
             .expect("ssh-keygen");
         assert!(out.status.success());
-        let breakglass = dir.path().join("breakglass_keys");
-        std::fs::write(&breakglass, "").unwrap();
+        // The enrolment's AuthorizedKeysFile comes first and wins over the
+        // node's own (~/.ssh/authorized_keys, which a user could write).
+        let breakglass = enrolled.join("breakglass_keys");
+        let users_own = ".ssh/authorized_keys";
         let config = dir.path().join("sshd_config");
         std::fs::write(
             &config,
@@ -55,20 +57,25 @@ impl Node {
                 "Include {enrolled}/sshd_config\nPort {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n",
                 host_key.display(),
                 dir.path().join("sshd.pid").display(),
-                breakglass.display(),
+                users_own,
                 enrolled = enrolled.display(),
             ),
         )
         .unwrap();
         let check = Command::new("/usr/sbin/sshd")
-            .args(["-t", "-f"])
+            .args(["-T", "-f"])
             .arg(&config)
             .output()
             .unwrap();
         assert!(
             check.status.success(),
-            "sshd -t: {}",
+            "sshd -T: {}",
             String::from_utf8_lossy(&check.stderr)
+        );
+        let effective = String::from_utf8_lossy(&check.stdout).to_string();
+        assert!(
+            effective.contains(&format!("authorizedkeysfile {}", breakglass.display())),
+            "the enrolment decides where keys may come from: {effective}"
         );
         let _ = std::fs::create_dir_all("/run/sshd");
         let log = std::fs::File::create(dir.path().join("sshd.log")).unwrap();
@@ -376,6 +383,22 @@ fn with_the_gateway_down_only_break_glass_keys_work() {
     let Some(mut w) = world() else { return };
     let glass = Key::new(w.gw.dir.path(), "breakglass");
     std::fs::write(&w.node.breakglass, glass.public_line() + "\n").unwrap();
+    // Re-enrolling keeps the node's break-glass keys.
+    w.gw.cli(&[
+        "node",
+        "enroll",
+        "n1",
+        "--gateway",
+        &format!("127.0.0.1:{}", w.gw.port),
+        "--dir",
+        w.enrolled.path().to_str().unwrap(),
+    ])
+    .ok();
+    assert!(
+        std::fs::read_to_string(&w.node.breakglass)
+            .unwrap()
+            .contains("breakglass")
+    );
     assert_eq!(w.direct(&w.bob, &w.user).code, 0);
     w.gw.stop();
     let started = Instant::now();
@@ -456,4 +479,76 @@ fn the_enrolment_script_installs_on_a_debian_node() {
     // The private key never reaches the audit log.
     let audit = gw.cli(&["audit", "--json"]).ok().stdout.clone();
     assert!(!audit.contains("PRIVATE KEY") && audit.contains("node enroll"));
+}
+
+#[test]
+fn a_granted_key_opens_no_listener_on_the_node() {
+    let Some(w) = world() else { return };
+    let cfg = common::jump_config(&w.gw, "bob", &w.bob);
+    let listen = common::free_port();
+    let mut c = Command::new("ssh");
+    c.arg("-F")
+        .arg(&cfg)
+        .args(["-J", "gw", "-o", "ExitOnForwardFailure=yes", "-R"])
+        .arg(format!("127.0.0.1:{listen}:127.0.0.1:22"))
+        .arg(format!("{}@n1.c1", w.user))
+        .arg("true");
+    let r = common::run(&mut c);
+    assert_ne!(r.code, 0, "-R refused: {r:?}");
+    assert!(r.stderr.contains("remote port forwarding failed"), "{r:?}");
+}
+
+#[test]
+fn a_live_node_connection_answers_as_the_node_is_now() {
+    let Some(w) = world() else { return };
+    // The node's own client, kept open as a control master.
+    let sock = w.gw.path("node-master.sock");
+    let key = w.enrolled.path().join("node_key");
+    let base = |c: &mut Command| {
+        c.args(common::ssh_opts())
+            .arg("-i")
+            .arg(&key)
+            .arg("-o")
+            .arg(format!("ControlPath={}", sock.display()))
+            .args(["-p", &w.gw.port.to_string(), "node.n1@127.0.0.1"]);
+    };
+    let mut master = Command::new("ssh");
+    master.args(["-o", "ControlMaster=yes", "-N"]);
+    base(&mut master);
+    let mut master = master.stdin(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ask = || {
+        let mut c = Command::new("ssh");
+        base(&mut c);
+        c.args(["authorized-keys", &w.user, &w.bob.fingerprint()]);
+        common::run(&mut c)
+    };
+    assert!(ask().stdout.contains("gatehouse:bob@example.com:train"));
+    let elsewhere = command_dir().unwrap();
+    w.gw.cli(&[
+        "node",
+        "enroll",
+        "n1",
+        "--gateway",
+        &format!("127.0.0.1:{}", w.gw.port),
+        "--dir",
+        elsewhere.path().to_str().unwrap(),
+    ])
+    .ok();
+    let r = ask();
+    assert!(
+        r.stdout.is_empty(),
+        "the old credential answers nothing: {r:?}"
+    );
+    assert!(w.questions().iter().any(|e| {
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("credential is no longer valid")
+    }));
+    let _ = master.kill();
+    let _ = master.wait();
 }

@@ -27,6 +27,8 @@ pub struct Conn {
     /// A node that logged in to ask who may log in on it (see
     /// [`crate::nodes`]): such a session can do nothing else.
     node: Option<crate::store::AskingNode>,
+    /// Its place among the node's connections (see `Registry::node_slot`).
+    node_slot: Option<super::sessions::NodeSlot>,
     ctx: Option<Arc<ConnCtx>>,
     /// Set once authenticated, read by the login-grace timer.
     pub authenticated: Arc<AtomicBool>,
@@ -65,6 +67,7 @@ impl Conn {
             source: peer.to_string(),
             accepted: None,
             node: None,
+            node_slot: None,
             ctx: None,
             authenticated: Arc::new(AtomicBool::new(false)),
             failures: 0,
@@ -286,7 +289,20 @@ impl russh::server::Handler for Conn {
         if let Some(node) = &self.node {
             self.authenticated.store(true, Ordering::Relaxed);
             self.startup = None;
-            tracing::debug!(node = %node.name, source = %self.source, "node authenticated");
+            match self.shared.registry.node_slot(node.id) {
+                Some(slot) => self.node_slot = Some(slot),
+                None => {
+                    tracing::warn!(node = %node.name, source = %self.source, "node connection refused: too many at once");
+                    self.shared.metrics.session_refused("node_sessions");
+                    session.disconnect(
+                        russh::Disconnect::TooManyConnections,
+                        "too many connections for this node at once",
+                        "en",
+                    )?;
+                    return Ok(());
+                }
+            }
+            tracing::info!(node = %node.name, source = %self.source, "node authenticated");
             return Ok(());
         }
         let Some((account, fingerprint)) = self.accepted.take() else {
@@ -440,6 +456,15 @@ impl russh::server::Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(ctx) = self.ctx.clone() else {
+            if self.node.is_some() {
+                let target = format!(
+                    "forward {}:{port_to_connect}",
+                    crate::model::printable(host_to_connect, 253)
+                );
+                self.shared.metrics.denial("forward");
+                self.audit_refusal(&target, "a node's session may only ask who may log in")
+                    .await;
+            }
             return Ok(());
         };
         // Cheap refusals first: no database work for a client that floods.
@@ -596,10 +621,17 @@ impl russh::server::Handler for Conn {
 
 impl Conn {
     async fn audit_refusal(&self, what: &str, why: &str) {
-        let Some(ctx) = &self.ctx else { return };
-        tracing::warn!(account = %ctx.account.login, source = %self.source, request = %what, "refused: {why}");
+        let actor = match (&self.ctx, &self.node) {
+            (Some(ctx), _) => ctx.account.login.clone(),
+            (None, Some(node)) => format!("{}{}", crate::nodes::NODE_LOGIN_PREFIX, node.name),
+            (None, None) => return,
+        };
+        tracing::warn!(account = %actor, source = %self.source, request = %what, "refused: {why}");
+        if !crate::audit::admit_denial(&actor) {
+            return;
+        }
         let event = Event {
-            actor: ctx.account.login.clone(),
+            actor,
             source: self.source.clone(),
             project: None,
             action: what.to_string(),

@@ -32,9 +32,17 @@ pub async fn run(shared: Arc<Shared>, node: AskingNode, source: String, mut chan
     .ok()
     .flatten();
     let command = String::from_utf8_lossy(command.as_deref().unwrap_or_default()).into_owned();
+    let actor = format!("{}{}", crate::nodes::NODE_LOGIN_PREFIX, node.name);
     let (code, out) = match Question::parse(&command) {
         Ok(q) => {
-            let answer = answer(&shared, &node, &q).await;
+            // Read afresh at each question: a connection opened before a
+            // re-enrolment, a removal or a scale-down answers as the node is
+            // now, or not at all.
+            let answer = match shared.store.asking_node(&node.name, &node.credential).await {
+                Ok(Some(now)) => answer(&shared, &now, &q).await,
+                Ok(None) => Answer::Refuse("the node's credential is no longer valid".into()),
+                Err(e) => Answer::Refuse(format!("cannot check access ({e})")),
+            };
             let (outcome, detail, out) = match &answer {
                 Answer::Grant { line, email } => (
                     Outcome::Ok,
@@ -48,8 +56,11 @@ pub async fn run(shared: Arc<Shared>, node: AskingNode, source: String, mut chan
                 ),
             };
             tracing::info!(node = %node.name, source = %source, login = %q.login, key = %q.fingerprint, outcome = outcome.as_str(), detail = %detail, "node question");
+            // Anyone who reaches the node's sshd makes it ask: refused
+            // questions share the node's audit allowance.
+            let stored = outcome == Outcome::Ok || crate::audit::admit_denial(&actor);
             let event = Event {
-                actor: format!("{}{}", crate::nodes::NODE_LOGIN_PREFIX, node.name),
+                actor: actor.clone(),
                 source: source.clone(),
                 project: node.cluster.as_ref().map(|c| c.2.clone()),
                 action: "node question".into(),
@@ -58,7 +69,7 @@ pub async fn run(shared: Arc<Shared>, node: AskingNode, source: String, mut chan
                 outcome,
                 detail,
             };
-            if let Err(e) = shared.store.audit(&event).await {
+            if stored && let Err(e) = shared.store.audit(&event).await {
                 tracing::error!(error = %e, "cannot write audit event");
             }
             let _ = shared.store.node_asked(node.id).await;
@@ -66,6 +77,19 @@ pub async fn run(shared: Arc<Shared>, node: AskingNode, source: String, mut chan
         }
         Err(why) => {
             tracing::warn!(node = %node.name, source = %source, reason = %why, "node request refused");
+            if crate::audit::admit_denial(&actor) {
+                let event = Event {
+                    actor: actor.clone(),
+                    source: source.clone(),
+                    project: None,
+                    action: "node request".into(),
+                    target: String::new(),
+                    args: crate::model::printable(&command, 200),
+                    outcome: Outcome::Denied,
+                    detail: why,
+                };
+                let _ = shared.store.audit(&event).await;
+            }
             (2, String::new())
         }
     };

@@ -133,8 +133,36 @@ pub struct ChannelLimits {
     pub per_account: usize,
 }
 
+/// Connections one node may hold at once: its sshd opens one per login
+/// question, briefly.
+pub const MAX_NODE_SESSIONS: usize = 16;
+
+/// One connection of a node; released on drop.
+pub struct NodeSlot {
+    registry: Arc<Registry>,
+    node: i64,
+}
+
+impl Drop for NodeSlot {
+    fn drop(&mut self) {
+        let mut nodes = self
+            .registry
+            .nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = nodes.get_mut(&self.node) {
+            *n -= 1;
+            if *n == 0 {
+                nodes.remove(&self.node);
+            }
+        }
+    }
+}
+
 pub struct Registry {
     sessions: Mutex<HashMap<String, LiveSession>>,
+    /// Open connections per node (node sessions are not in `sessions`).
+    nodes: Mutex<HashMap<i64, usize>>,
     next: AtomicU64,
     /// How many revocations this registry has applied; changed only with
     /// the lock held, so a channel registered under the lock with the
@@ -151,6 +179,7 @@ impl Registry {
         let prefix = format!("{:04x}", rand::random::<u16>());
         Arc::new(Registry {
             sessions: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             generation: AtomicU64::new(0),
             limits,
@@ -162,6 +191,21 @@ impl Registry {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, LiveSession>> {
         // A panic while holding the lock leaves plain data behind; keep going.
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for one more connection of node `node`, or `None` when it
+    /// holds [`MAX_NODE_SESSIONS`] already.
+    pub fn node_slot(self: &Arc<Self>, node: i64) -> Option<NodeSlot> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let n = nodes.entry(node).or_insert(0);
+        if *n >= MAX_NODE_SESSIONS {
+            return None;
+        }
+        *n += 1;
+        Some(NodeSlot {
+            registry: self.clone(),
+            node,
+        })
     }
 
     /// Read before an access check whose result will be registered with

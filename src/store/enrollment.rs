@@ -26,6 +26,8 @@ pub struct AskingNode {
     pub port: u16,
     /// `(cluster id, cluster, project, node_user)` while in a cluster.
     pub cluster: Option<(i64, String, String, String)>,
+    /// The credential it logged in with (a key fingerprint).
+    pub credential: String,
 }
 
 impl Store {
@@ -85,6 +87,7 @@ impl Store {
                 name,
                 host,
                 port: port as u16,
+                credential: fingerprint.to_string(),
                 cluster: match (cid, cname, project, user) {
                     (Some(c), Some(n), Some(p), Some(u)) => Some((c, n, p, u)),
                     _ => None,
