@@ -369,6 +369,7 @@ impl russh::server::Handler for Conn {
             session_id,
             activity,
             opening: Arc::new(tokio::sync::Semaphore::new(super::MAX_OPENING)),
+            waiting: Arc::new(tokio::sync::Semaphore::new(super::MAX_WAITING)),
             refusals: std::sync::Mutex::new((super::REFUSAL_BURST, std::time::Instant::now())),
         });
         self.ctx = Some(ctx);
@@ -473,10 +474,10 @@ impl russh::server::Handler for Conn {
         } else {
             None
         };
-        let permit = match (busy, ctx.opening.clone().try_acquire_owned()) {
+        let waiting = match (busy, ctx.waiting.clone().try_acquire_owned()) {
             (None, Ok(p)) => p,
             (why, _) => {
-                let why = why.unwrap_or("too many channel opens in progress on this connection");
+                let why = why.unwrap_or("too many channel opens waiting on this connection");
                 self.shared.metrics.denial("open_rate");
                 reply
                     .reject(russh::ChannelOpenFailure::Other {
@@ -487,14 +488,16 @@ impl russh::server::Handler for Conn {
                 return Ok(());
             }
         };
-        tokio::spawn(forward::run(
-            ctx,
-            channel,
-            host_to_connect.to_string(),
-            port_to_connect,
-            reply,
-            permit,
-        ));
+        let host = host_to_connect.to_string();
+        tokio::spawn(async move {
+            // Opens take turns: a burst (50 tunnelled connections at once)
+            // waits instead of being refused.
+            let Ok(permit) = ctx.opening.clone().acquire_owned().await else {
+                return;
+            };
+            drop(waiting);
+            forward::run(ctx, channel, host, port_to_connect, reply, permit).await;
+        });
         Ok(())
     }
 

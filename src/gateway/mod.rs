@@ -66,16 +66,20 @@ pub struct ConnCtx {
     pub activity: Arc<std::sync::atomic::AtomicI64>,
     /// Forward opens being checked and connected now (see
     /// [`MAX_OPENING`]): each costs database reads before any limit on open
-    /// channels applies.
+    /// channels applies, so they take turns.
     pub opening: Arc<tokio::sync::Semaphore>,
+    /// Forward opens waiting for their turn (see [`MAX_WAITING`]).
+    pub waiting: Arc<tokio::sync::Semaphore>,
     /// Refused forward opens: a bucket of [`REFUSAL_BURST`], refilled
     /// [`REFUSALS_PER_SECOND`]; when empty, opens are refused at once,
     /// without touching the database.
     pub refusals: std::sync::Mutex<(f64, std::time::Instant)>,
 }
 
-/// Forward opens one connection may have in progress at once.
+/// Forward opens one connection may have in progress at once; more wait
+/// their turn, up to [`MAX_WAITING`], and past that are refused.
 pub const MAX_OPENING: usize = 16;
+pub const MAX_WAITING: usize = 256;
 /// Refused forward opens one connection may make in a burst, and then per
 /// second.
 pub const REFUSAL_BURST: f64 = 32.0;
