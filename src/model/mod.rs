@@ -3,8 +3,12 @@
 
 use std::fmt;
 
-use russh::keys::ssh_key::{self, HashAlg, PublicKey};
 use serde::Serialize;
+
+mod key;
+mod size;
+pub use key::{SshPublicKey, fingerprint_of, parse_fingerprint};
+pub use size::Size;
 
 /// Why a value was refused. The message is shown to the user as is, so it
 /// says what is wrong and, where useful, what is allowed.
@@ -12,7 +16,7 @@ use serde::Serialize;
 #[error("{0}")]
 pub struct Invalid(pub String);
 
-fn invalid(msg: impl Into<String>) -> Invalid {
+pub(crate) fn invalid(msg: impl Into<String>) -> Invalid {
     Invalid(msg.into())
 }
 
@@ -289,109 +293,6 @@ impl fmt::Display for Role {
     }
 }
 
-/// A volume size, held in whole GiB.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct Size {
-    gib: i64,
-}
-
-/// 1 PiB: far above any real volume, low enough that arithmetic never overflows.
-const MAX_SIZE_GIB: i64 = 1024 * 1024;
-
-const GIB: u128 = 1 << 30;
-
-impl Size {
-    /// Parses a size as people type it, units case-insensitive:
-    /// binary units (`GiB`/`Gi`, `TiB`/`Ti`, `PiB`/`Pi`) are exact, and so
-    /// are decimal fractions of them (`1.5TiB`); decimal units (`GB`/`G`,
-    /// `TB`/`T`, `PB`/`P`, as in Kubernetes quantities) are converted
-    /// exactly, and refused with the nearest whole-GiB sizes suggested when
-    /// they are not a whole number of GiB (which, below 1 PiB, they never
-    /// are). `GB` is never read as `GiB`.
-    pub fn parse(s: &str) -> Result<Self, Invalid> {
-        let bad = |why: String| {
-            invalid(format!(
-                "invalid size {}: {why} (use a whole number of GiB or TiB, like 500GiB, 2TiB or 1.5TiB)",
-                quoted(s)
-            ))
-        };
-        let split = s
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len());
-        let (number, unit) = s.split_at(split);
-        let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-        if whole.is_empty() || (number.contains('.') && frac.is_empty()) || frac.contains('.') {
-            return Err(bad("expected a number such as 500 or 1.5".into()));
-        }
-        if frac.len() > 18 {
-            return Err(bad("too many decimal places (at most 18)".into()));
-        }
-        // bytes per unit
-        let per: u128 = match unit.to_ascii_lowercase().as_str() {
-            "gib" | "gi" => GIB,
-            "tib" | "ti" => GIB << 10,
-            "pib" | "pi" => GIB << 20,
-            "gb" | "g" => 1_000_000_000,
-            "tb" | "t" => 1_000_000_000_000,
-            "pb" | "p" => 1_000_000_000_000_000,
-            "" => return Err(bad("no unit".into())),
-            _ => return Err(bad(format!("unknown unit {}", quoted(unit)))),
-        };
-        let too_large = || bad("larger than 1024TiB".into());
-        if whole.len() > 12 {
-            return Err(too_large());
-        }
-        let scale = 10u128.pow(frac.len() as u32);
-        let digits: u128 = format!("{whole}{frac}").parse().map_err(|_| too_large())?;
-        // bytes = digits * per / scale, kept exact as a fraction.
-        let numerator = digits.checked_mul(per).ok_or_else(too_large)?;
-        if numerator == 0 {
-            return Err(bad("must be more than zero".into()));
-        }
-        let denominator = scale * GIB;
-        if numerator / denominator > MAX_SIZE_GIB as u128 {
-            return Err(too_large());
-        }
-        if !numerator.is_multiple_of(denominator) {
-            let gib = numerator as f64 / denominator as f64;
-            let (down, up) = (gib.floor() as i64, gib.ceil() as i64);
-            let hint = if down >= 1 {
-                format!("use {up}GiB or {down}GiB")
-            } else {
-                format!("use {up}GiB")
-            };
-            return Err(invalid(format!(
-                "invalid size {}: that is {gib:.2} GiB, and volumes are sized in whole GiB; {hint}",
-                quoted(s)
-            )));
-        }
-        let gib = numerator / denominator;
-        if gib > MAX_SIZE_GIB as u128 {
-            return Err(too_large());
-        }
-        Ok(Size { gib: gib as i64 })
-    }
-
-    pub fn from_gib(gib: i64) -> Self {
-        Size { gib }
-    }
-
-    pub fn gib(self) -> i64 {
-        self.gib
-    }
-}
-
-impl fmt::Display for Size {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.gib % 1024 == 0 {
-            write!(f, "{}TiB", self.gib / 1024)
-        } else {
-            write!(f, "{}GiB", self.gib)
-        }
-    }
-}
-
 /// A node count for `cluster create`/`scale`.
 pub fn parse_count(s: &str, min: i64) -> Result<i64, Invalid> {
     let n: i64 = s.parse().map_err(|_| {
@@ -500,144 +401,6 @@ pub fn parse_gpu_type(s: &str) -> Result<String, Invalid> {
     Ok(s.to_string())
 }
 
-/// An OpenSSH public key that passed the key policy of interface.md §1.
-#[derive(Debug, Clone)]
-pub struct SshPublicKey {
-    key: PublicKey,
-    fingerprint: String,
-}
-
-/// RSA keys below this are refused, as OpenSSH itself does since 8.x for new keys.
-const MIN_RSA_BITS: u32 = 2048;
-
-impl SshPublicKey {
-    /// Parses exactly one OpenSSH public key line (blank lines and `#`
-    /// comments around it are ignored).
-    pub fn parse(text: &str) -> Result<Self, Invalid> {
-        if text.contains("PRIVATE KEY") {
-            return Err(invalid(
-                "that is a private key: never share it; give the public key (the .pub file) instead",
-            ));
-        }
-        let lines: Vec<&str> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .collect();
-        let line = match lines.as_slice() {
-            [] => {
-                return Err(invalid(
-                    "no public key given: expected one OpenSSH public key line",
-                ));
-            }
-            [one] => *one,
-            more => {
-                return Err(invalid(format!(
-                    "expected one public key line, got {}",
-                    more.len()
-                )));
-            }
-        };
-        let kind = line.split_whitespace().next().unwrap_or_default();
-        match kind {
-            "ssh-dss" => {
-                return Err(invalid(
-                    "DSA keys are not accepted (insecure); use ssh-ed25519, ecdsa or RSA of 2048 bits or more",
-                ));
-            }
-            "ssh-ed25519"
-            | "ssh-rsa"
-            | "ecdsa-sha2-nistp256"
-            | "ecdsa-sha2-nistp384"
-            | "ecdsa-sha2-nistp521" => {}
-            _ => {
-                return Err(invalid(format!(
-                    "unsupported or malformed public key of type {}: use ssh-ed25519, ecdsa-sha2-nistp256/384/521 or ssh-rsa",
-                    quoted(kind)
-                )));
-            }
-        }
-        // The decoder's message may quote bytes of the key blob: escaped.
-        let key = PublicKey::from_openssh(line).map_err(|e| {
-            invalid(format!(
-                "malformed {kind} public key: {}",
-                printable(&e.to_string(), 200)
-            ))
-        })?;
-        if key
-            .comment()
-            .to_string()
-            .chars()
-            .any(|c| c.is_control() || is_format_char(c))
-        {
-            return Err(invalid(
-                "the key's comment contains control or invisible formatting characters; remove them",
-            ));
-        }
-        if let Some(rsa) = key.key_data().rsa() {
-            // The modulus's real length: ssh-key's key_size() counts whole
-            // bytes, so a 2041-2047-bit modulus would pass as 2048.
-            let n = rsa.n().as_positive_bytes().unwrap_or_default();
-            let bits = n
-                .first()
-                .map(|b| (n.len() as u32) * 8 - b.leading_zeros())
-                .unwrap_or(0);
-            if bits < MIN_RSA_BITS {
-                return Err(invalid(format!(
-                    "RSA key of {bits} bits is too short: use at least {MIN_RSA_BITS} bits, or ssh-ed25519"
-                )));
-            }
-        }
-        Ok(Self::from_key(key))
-    }
-
-    /// Wraps a key that russh has already decoded (the one a client offers).
-    pub fn from_key(key: PublicKey) -> Self {
-        let fingerprint = fingerprint_of(&key);
-        SshPublicKey { key, fingerprint }
-    }
-
-    /// `SHA256:…`, as `ssh-keygen -lf` prints it.
-    pub fn fingerprint(&self) -> &str {
-        &self.fingerprint
-    }
-
-    pub fn algorithm(&self) -> String {
-        self.key.algorithm().as_str().to_string()
-    }
-
-    pub fn comment(&self) -> String {
-        self.key.comment().to_string()
-    }
-
-    /// The key line as stored: type, base64, comment.
-    pub fn to_openssh(&self) -> Result<String, ssh_key::Error> {
-        self.key.to_openssh()
-    }
-}
-
-/// The SHA256 fingerprint of a key, the identity used throughout.
-pub fn fingerprint_of(key: &PublicKey) -> String {
-    key.fingerprint(HashAlg::Sha256).to_string()
-}
-
-/// Checks a SHA256 fingerprint as a user types it.
-pub fn parse_fingerprint(s: &str) -> Result<String, Invalid> {
-    let ok = s.strip_prefix("SHA256:").is_some_and(|b| {
-        !b.is_empty()
-            && b.len() <= 64
-            && b.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '=')
-    });
-    if !ok {
-        return Err(invalid(format!(
-            "invalid fingerprint {}: expected SHA256:… as shown by `key list`",
-            quoted(s)
-        )));
-    }
-    Ok(s.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -692,57 +455,6 @@ mod tests {
             &"a".repeat(64),
         ] {
             assert!(Name::parse("project", bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn sizes() {
-        let gib = |s: &str| Size::parse(s).map(Size::gib);
-        assert_eq!(gib("500GiB"), Ok(500));
-        assert_eq!(gib("500gib"), Ok(500));
-        assert_eq!(gib("500Gi"), Ok(500));
-        assert_eq!(gib("2TiB"), Ok(2048));
-        assert_eq!(gib("1.5TiB"), Ok(1536));
-        assert_eq!(gib("0.5TiB"), Ok(512));
-        assert_eq!(gib("1PiB"), Ok(1024 * 1024));
-        assert_eq!(Size::parse("2TiB").unwrap().to_string(), "2TiB");
-        // Decimal units are never read as binary; no decimal size below
-        // 1 PiB is a whole number of GiB, so each is refused with a hint.
-        let e = Size::parse("500GB").unwrap_err().0;
-        assert!(e.contains("465.66 GiB") && e.contains("466GiB"), "{e}");
-        let e = Size::parse("1TB").unwrap_err().0;
-        assert!(e.contains("931.32 GiB") && e.contains("932GiB"), "{e}");
-        assert!(Size::parse("500G").is_err());
-        assert!(
-            Size::parse("2PB")
-                .unwrap_err()
-                .0
-                .contains("larger than 1024TiB")
-        );
-        let e = Size::parse("1.99999999999999GiB").unwrap_err().0;
-        assert!(e.contains("use 2GiB or 1GiB"), "{e}");
-        assert_eq!(gib("0.000976562500TiB"), Ok(1));
-        assert!(Size::parse("1.5TB").is_err());
-        for bad in [
-            "",
-            "0GiB",
-            "0.0TiB",
-            "-5GiB",
-            "5",
-            "5MiB",
-            "GiB",
-            "1.GiB",
-            ".5TiB",
-            "1..5TiB",
-            "1.2.3TiB",
-            "0.3GiB",
-            "99999999999999999999GiB",
-            "2000TiB",
-            "1.0000000000000000001TiB",
-            "2PB",
-            "1.01PiB",
-        ] {
-            assert!(Size::parse(bad).is_err(), "{bad}");
         }
     }
 
@@ -810,38 +522,5 @@ mod tests {
         ] {
             assert!(HostPort::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn keys() {
-        let ed = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl user@host";
-        let k = SshPublicKey::parse(ed).unwrap();
-        assert!(k.fingerprint().starts_with("SHA256:"));
-        assert!(SshPublicKey::parse(&format!("\n# comment\n{ed}\n")).is_ok());
-        assert!(SshPublicKey::parse("").is_err());
-        assert!(SshPublicKey::parse(&format!("{ed}\n{ed}")).is_err());
-        assert!(
-            SshPublicKey::parse("ssh-dss AAAAB3NzaC1kc3M= x")
-                .unwrap_err()
-                .0
-                .contains("DSA")
-        );
-        assert!(
-            SshPublicKey::parse("-----BEGIN OPENSSH PRIVATE KEY-----")
-                .unwrap_err()
-                .0
-                .contains("private")
-        );
-        assert!(SshPublicKey::parse("ssh-ed25519 AAAA garbage").is_err());
-        assert!(SshPublicKey::parse("\u{0}\u{1}binary").is_err());
-        let body =
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
-        for comment in ["a\u{1b}[31mred", "evil\u{202e}txt.exe", "zero\u{200b}width"] {
-            let e = SshPublicKey::parse(&format!("{body} {comment}"))
-                .unwrap_err()
-                .0;
-            assert!(e.contains("comment"), "{comment:?}: {e}");
-        }
-        assert!(SshPublicKey::parse(&format!("{body} José's laptop")).is_ok());
     }
 }
