@@ -26,6 +26,20 @@ fn command_dir() -> Option<tempfile::TempDir> {
         .ok()
 }
 
+/// `gatehouse node enroll n1 --gateway GW --dir DIR`.
+fn enroll(gw: &Gateway, dir: &Path) {
+    gw.cli(&[
+        "node",
+        "enroll",
+        "n1",
+        "--gateway",
+        &format!("127.0.0.1:{}", gw.port),
+        "--dir",
+        dir.to_str().unwrap(),
+    ])
+    .ok();
+}
+
 /// A real sshd whose only idea of who may log in is the enrolment in
 /// `enrolled` (an `Include` of its sshd_config) plus a break-glass
 /// authorized_keys file.
@@ -161,16 +175,7 @@ fn world() -> Option<World> {
         &["cluster", "config", "c1", &format!("node_user={user}")],
     )
     .ok();
-    let r = gw.cli(&[
-        "node",
-        "enroll",
-        "n1",
-        "--gateway",
-        &format!("127.0.0.1:{}", gw.port),
-        "--dir",
-        enrolled.path().to_str().unwrap(),
-    ]);
-    r.ok();
+    enroll(&gw, enrolled.path());
     let node = Node::start(port, enrolled.path());
     Some(World {
         gw,
@@ -384,16 +389,7 @@ fn with_the_gateway_down_only_break_glass_keys_work() {
     let glass = Key::new(w.gw.dir.path(), "breakglass");
     std::fs::write(&w.node.breakglass, glass.public_line() + "\n").unwrap();
     // Re-enrolling keeps the node's break-glass keys.
-    w.gw.cli(&[
-        "node",
-        "enroll",
-        "n1",
-        "--gateway",
-        &format!("127.0.0.1:{}", w.gw.port),
-        "--dir",
-        w.enrolled.path().to_str().unwrap(),
-    ])
-    .ok();
+    enroll(&w.gw, w.enrolled.path());
     assert!(
         std::fs::read_to_string(&w.node.breakglass)
             .unwrap()
@@ -415,16 +411,7 @@ fn a_reenrolled_nodes_old_credential_is_refused() {
     let Some(w) = world() else { return };
     assert_eq!(w.direct(&w.bob, &w.user).code, 0);
     let elsewhere = command_dir().unwrap();
-    w.gw.cli(&[
-        "node",
-        "enroll",
-        "n1",
-        "--gateway",
-        &format!("127.0.0.1:{}", w.gw.port),
-        "--dir",
-        elsewhere.path().to_str().unwrap(),
-    ])
-    .ok();
+    enroll(&w.gw, elsewhere.path());
     // The running node still holds the old credential.
     refused(&w.direct(&w.bob, &w.user));
     assert!(w.gw.log_text().contains("unknown node or node credential"));
@@ -528,16 +515,7 @@ fn a_live_node_connection_answers_as_the_node_is_now() {
     };
     assert!(ask().stdout.contains("gatehouse:bob@example.com:train"));
     let elsewhere = command_dir().unwrap();
-    w.gw.cli(&[
-        "node",
-        "enroll",
-        "n1",
-        "--gateway",
-        &format!("127.0.0.1:{}", w.gw.port),
-        "--dir",
-        elsewhere.path().to_str().unwrap(),
-    ])
-    .ok();
+    enroll(&w.gw, elsewhere.path());
     let r = ask();
     assert!(
         r.stdout.is_empty(),

@@ -532,29 +532,37 @@ fn channel_limits_refuse_with_a_reason() {
     ) else {
         return;
     };
-    let open_forwards = |n: usize| -> (Child, Vec<Option<TcpStream>>, std::path::PathBuf) {
-        let local = common::free_port();
-        let log = w.gw.path(&format!("ssh-{local}.log"));
-        let mut c = ssh_verbose(&w.gw, "bob", &w.bob);
-        c.args(["-N", "-E"])
-            .arg(&log)
-            .args(["-L", &format!("{local}:n1.c1:{}", w.echo)])
-            .stdin(Stdio::null());
-        let child = c.spawn().unwrap();
-        assert!(common::wait_port(local, Duration::from_secs(10)));
-        let streams = (0..n)
-            .map(|_| {
-                let mut s = TcpStream::connect(("127.0.0.1", local)).ok()?;
-                s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-                s.write_all(b"hi\n").ok()?;
-                let mut buf = [0u8; 3];
-                s.read_exact(&mut buf).ok()?;
-                Some(s)
-            })
-            .collect();
-        (child, streams, log)
-    };
-    let (mut a, first, log) = open_forwards(4);
+    let open_forwards =
+        |n: usize, held: f64| -> (Child, Vec<Option<TcpStream>>, std::path::PathBuf) {
+            let local = common::free_port();
+            let log = w.gw.path(&format!("ssh-{local}.log"));
+            let mut c = ssh_verbose(&w.gw, "bob", &w.bob);
+            c.args(["-N", "-E"])
+                .arg(&log)
+                .args(["-L", &format!("{local}:n1.c1:{}", w.echo)])
+                .stdin(Stdio::null());
+            let child = c.spawn().unwrap();
+            assert!(common::wait_port(local, Duration::from_secs(10)));
+            // wait_port's probe was a forward too: let it close before counting.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while w.metric("gatehouse_channels_open{kind=\"forward\"}") != held
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let streams = (0..n)
+                .map(|_| {
+                    let mut s = TcpStream::connect(("127.0.0.1", local)).ok()?;
+                    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+                    s.write_all(b"hi\n").ok()?;
+                    let mut buf = [0u8; 3];
+                    s.read_exact(&mut buf).ok()?;
+                    Some(s)
+                })
+                .collect();
+            (child, streams, log)
+        };
+    let (mut a, first, log) = open_forwards(4, 0.0);
     assert_eq!(
         first.iter().filter(|s| s.is_some()).count(),
         3,
@@ -566,7 +574,7 @@ fn channel_limits_refuse_with_a_reason() {
             && text.contains("limits.max_channels_per_connection = 3"),
         "{text}"
     );
-    let (mut b, second, _) = open_forwards(3);
+    let (mut b, second, _) = open_forwards(3, 3.0);
     assert_eq!(
         second.iter().filter(|s| s.is_some()).count(),
         2,
