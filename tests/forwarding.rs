@@ -105,13 +105,7 @@ impl World {
     }
 
     fn audit(&self) -> Vec<serde_json::Value> {
-        self.gw
-            .cli(&["audit", "--limit", "1000", "--json"])
-            .ok()
-            .json()
-            .as_array()
-            .unwrap()
-            .clone()
+        self.gw.audit_events()
     }
 }
 

@@ -27,12 +27,7 @@ fn train(extra: &str) -> Option<(Gateway, Key, Key)> {
 }
 
 fn audit(gw: &Gateway) -> Vec<serde_json::Value> {
-    gw.cli(&["audit", "--limit", "200", "--json"])
-        .ok()
-        .json()
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    gw.audit_events()
 }
 
 /// Waits until the gateway's log mentions `what`.

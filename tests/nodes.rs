@@ -53,13 +53,7 @@ struct Node {
 impl Node {
     fn start(port: u16, enrolled: &Path) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
-        let host_key = dir.path().join("host_key");
-        let out = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&host_key)
-            .output()
-            .expect("ssh-keygen");
-        assert!(out.status.success());
+        let host_key = Key::new(dir.path(), "host_key").private;
         // The enrolment's AuthorizedKeysFile comes first and wins over the
         // node's own (~/.ssh/authorized_keys, which a user could write).
         let breakglass = enrolled.join("breakglass_keys");
@@ -216,14 +210,9 @@ impl World {
 
     fn questions(&self) -> Vec<serde_json::Value> {
         self.gw
-            .cli(&["audit", "--limit", "1000", "--json"])
-            .ok()
-            .json()
-            .as_array()
-            .unwrap()
-            .iter()
+            .audit_events()
+            .into_iter()
             .filter(|e| e["action"] == "node question")
-            .cloned()
             .collect()
     }
 }

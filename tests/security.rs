@@ -110,13 +110,7 @@ impl World {
     }
 
     fn audit(&self) -> Vec<serde_json::Value> {
-        self.gw
-            .cli(&["audit", "--limit", "1000", "--json"])
-            .ok()
-            .json()
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        self.gw.audit_events()
     }
 
     fn metric(&self, name: &str) -> f64 {

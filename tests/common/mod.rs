@@ -337,6 +337,16 @@ impl Gateway {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The newest 1,000 audit events, as the operator CLI's JSON gives them.
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        self.cli(&["audit", "--limit", "1000", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Runs the operator CLI against this gateway's config.
     pub fn cli(&self, args: &[&str]) -> Run {
         self.cli_stdin(args, None)
@@ -438,13 +448,7 @@ impl Sshd {
     pub fn start(keys: &[&Key]) -> Sshd {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let host_key = dir.path().join("host_key");
-        let out = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&host_key)
-            .output()
-            .expect("ssh-keygen");
-        assert!(out.status.success());
+        let host_key = Key::new(dir.path(), "host_key").private;
         let auth = dir.path().join("authorized_keys");
         let lines: Vec<String> = keys.iter().map(|k| k.public_line()).collect();
         std::fs::write(&auth, lines.join("\n") + "\n").expect("authorized_keys");
