@@ -1171,3 +1171,59 @@ fn pending_keys_are_few_at_a_time() {
         }
     }
 }
+
+/// #11 item 15: a certificate is refused when it is offered, before the
+/// client is told "key accepted"; the plain key after it still logs in.
+#[test]
+fn a_certificate_is_refused_at_the_offer() {
+    let Some(w) = world("") else { return };
+    let dir = w.gw.dir.path();
+    let ca = Key::new(dir, "user-ca");
+    let signed = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(&ca.private)
+        .args(["-I", "alice", "-n", "alice"])
+        .arg(&w.alice.public)
+        .output()
+        .expect("ssh-keygen -s");
+    assert!(signed.status.success(), "ssh-keygen -s: {signed:?}");
+    let cert = dir.join("key-alice-cert.pub");
+    assert!(cert.exists());
+    let mut c = Command::new("ssh");
+    c.args(["-o", "LogLevel=DEBUG1"])
+        .args(common::ssh_opts())
+        .arg("-i")
+        .arg(&w.alice.private)
+        .arg("-o")
+        .arg(format!("CertificateFile={}", cert.display()))
+        .args(["-p", &w.gw.port.to_string(), "alice@127.0.0.1", "help"]);
+    let run = common::run(&mut c);
+    run.ok();
+    let offered: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("Offering public key") || l.contains("Server accepts key"))
+        .collect();
+    assert!(
+        offered
+            .iter()
+            .any(|l| l.contains("Offering public key") && l.contains("-CERT")),
+        "the client offered the certificate: {offered:?}"
+    );
+    assert!(
+        !offered
+            .iter()
+            .any(|l| l.contains("Server accepts key") && l.contains("-CERT")),
+        "the certificate was refused at the offer: {offered:?}"
+    );
+    assert!(
+        offered
+            .iter()
+            .any(|l| l.contains("Server accepts key") && !l.contains("-CERT")),
+        "the plain key after it was accepted: {offered:?}"
+    );
+    assert!(
+        w.gw.log_text().contains("certificates are not accepted"),
+        "the gateway's log says why the certificate was refused"
+    );
+}

@@ -46,6 +46,7 @@ pub struct Conn {
 /// Why a key offered with a signature algorithm not in `server-sig-algs`
 /// (in practice `ssh-rsa`, RSA with SHA-1) is refused.
 const SIGNATURE_REFUSED: &str = "signature algorithm not accepted (ssh-rsa uses SHA-1; clients since OpenSSH 7.2 sign with rsa-sha2-256/512)";
+const CERTIFICATE_REFUSED: &str = "certificates are not accepted (register the plain public key)";
 
 fn publickey_only() -> Auth {
     Auth::Reject {
@@ -209,6 +210,11 @@ impl russh::server::Handler for Conn {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        // Refused at the offer, so the client is never told "key accepted"
+        // for something the signed request would then be refused for.
+        if offer.certificate.is_some() {
+            return Ok(self.refuse(user, CERTIFICATE_REFUSED, Some(offer.public_key)));
+        }
         if !super::algorithms::accepts_user_signature(offer.algorithm) {
             return Ok(self.refuse(user, SIGNATURE_REFUSED, Some(offer.public_key)));
         }
@@ -282,7 +288,7 @@ impl russh::server::Handler for Conn {
         user: &str,
         _c: &russh::keys::Certificate,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.refuse(user, "certificates are not accepted", None))
+        Ok(self.refuse(user, CERTIFICATE_REFUSED, None))
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
