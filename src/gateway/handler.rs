@@ -181,6 +181,10 @@ impl Drop for Conn {
     }
 }
 
+// The methods that wait on the database or the registry run boxed: an
+// `async fn` of the handler is stored inline in russh's per-connection
+// task, whose size is that of its largest awaited future, for the
+// connection's whole life (memory per idle session, see BENCHMARKS.md).
 impl russh::server::Handler for Conn {
     type Error = russh::Error;
 
@@ -210,24 +214,27 @@ impl russh::server::Handler for Conn {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        // Refused at the offer, so the client is never told "key accepted"
-        // for something the signed request would then be refused for.
-        if offer.certificate.is_some() {
-            return Ok(self.refuse(user, CERTIFICATE_REFUSED, Some(offer.public_key)));
-        }
-        if !super::algorithms::accepts_user_signature(offer.algorithm) {
-            return Ok(self.refuse(user, SIGNATURE_REFUSED, Some(offer.public_key)));
-        }
-        if user.starts_with(crate::nodes::NODE_LOGIN_PREFIX) {
-            return Ok(match self.node_lookup(user, offer.public_key).await {
-                Ok(_) => Auth::Accept,
-                Err(why) => self.refuse(user, why, Some(offer.public_key)),
-            });
-        }
-        match self.lookup(user, offer.public_key).await {
-            Ok(_) => Ok(Auth::Accept),
-            Err(why) => Ok(self.refuse(user, why, Some(offer.public_key))),
-        }
+        Box::pin(async move {
+            // Refused at the offer, so the client is never told "key accepted"
+            // for something the signed request would then be refused for.
+            if offer.certificate.is_some() {
+                return Ok(self.refuse(user, CERTIFICATE_REFUSED, Some(offer.public_key)));
+            }
+            if !super::algorithms::accepts_user_signature(offer.algorithm) {
+                return Ok(self.refuse(user, SIGNATURE_REFUSED, Some(offer.public_key)));
+            }
+            if user.starts_with(crate::nodes::NODE_LOGIN_PREFIX) {
+                return Ok(match self.node_lookup(user, offer.public_key).await {
+                    Ok(_) => Auth::Accept,
+                    Err(why) => self.refuse(user, why, Some(offer.public_key)),
+                });
+            }
+            match self.lookup(user, offer.public_key).await {
+                Ok(_) => Ok(Auth::Accept),
+                Err(why) => Ok(self.refuse(user, why, Some(offer.public_key))),
+            }
+        })
+        .await
     }
 
     async fn auth_publickey(
@@ -235,52 +242,55 @@ impl russh::server::Handler for Conn {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        // Checked again as the last word: russh does not call
-        // `auth_publickey_offered` for a signed request that repeats an
-        // accepted query.
-        if !super::algorithms::accepts_user_signature(key.algorithm) {
-            return Ok(self.refuse(user, SIGNATURE_REFUSED, Some(key.public_key)));
-        }
-        if user.starts_with(crate::nodes::NODE_LOGIN_PREFIX) {
-            return Ok(match self.node_lookup(user, key.public_key).await {
-                Ok(node) => {
-                    self.node = Some(node);
-                    Auth::Accept
-                }
-                Err(why) => self.refuse(user, why, Some(key.public_key)),
-            });
-        }
-        // Looked up again: the signature is now proven, and the account may
-        // have changed since the offer.
-        let (account, pending) = match self.lookup(user, key.public_key).await {
-            Ok(found) => found,
-            Err(why) => return Ok(self.refuse(user, why, Some(key.public_key))),
-        };
-        if pending {
-            let fp = fingerprint_of(key.public_key);
-            if let Err(e) = self.shared.store.confirm_pending_key(account.id, &fp).await {
-                tracing::info!(account = %account.login, key = %fp, error = %e, "pending key not confirmed");
-                return Ok(self.refuse(
-                    user,
-                    "pending key could not be confirmed",
-                    Some(key.public_key),
-                ));
+        Box::pin(async move {
+            // Checked again as the last word: russh does not call
+            // `auth_publickey_offered` for a signed request that repeats an
+            // accepted query.
+            if !super::algorithms::accepts_user_signature(key.algorithm) {
+                return Ok(self.refuse(user, SIGNATURE_REFUSED, Some(key.public_key)));
             }
-            tracing::info!(account = %account.login, key = %fp, "pending key confirmed by a signed login");
-            let event = Event {
-                actor: account.login.clone(),
-                source: self.source.clone(),
-                project: None,
-                action: "key confirm".into(),
-                target: fp.clone(),
-                args: String::new(),
-                outcome: Outcome::Ok,
-                detail: "a key added over SSH proved by a login signed with it".into(),
+            if user.starts_with(crate::nodes::NODE_LOGIN_PREFIX) {
+                return Ok(match self.node_lookup(user, key.public_key).await {
+                    Ok(node) => {
+                        self.node = Some(node);
+                        Auth::Accept
+                    }
+                    Err(why) => self.refuse(user, why, Some(key.public_key)),
+                });
+            }
+            // Looked up again: the signature is now proven, and the account may
+            // have changed since the offer.
+            let (account, pending) = match self.lookup(user, key.public_key).await {
+                Ok(found) => found,
+                Err(why) => return Ok(self.refuse(user, why, Some(key.public_key))),
             };
-            let _ = self.shared.store.audit(&event).await;
-        }
-        self.accepted = Some((account, fingerprint_of(key.public_key)));
-        Ok(Auth::Accept)
+            if pending {
+                let fp = fingerprint_of(key.public_key);
+                if let Err(e) = self.shared.store.confirm_pending_key(account.id, &fp).await {
+                    tracing::info!(account = %account.login, key = %fp, error = %e, "pending key not confirmed");
+                    return Ok(self.refuse(
+                        user,
+                        "pending key could not be confirmed",
+                        Some(key.public_key),
+                    ));
+                }
+                tracing::info!(account = %account.login, key = %fp, "pending key confirmed by a signed login");
+                let event = Event {
+                    actor: account.login.clone(),
+                    source: self.source.clone(),
+                    project: None,
+                    action: "key confirm".into(),
+                    target: fp.clone(),
+                    args: String::new(),
+                    outcome: Outcome::Ok,
+                    detail: "a key added over SSH proved by a login signed with it".into(),
+                };
+                let _ = self.shared.store.audit(&event).await;
+            }
+            self.accepted = Some((account, fingerprint_of(key.public_key)));
+            Ok(Auth::Accept)
+        })
+        .await
     }
 
     async fn auth_openssh_certificate(
@@ -292,94 +302,97 @@ impl russh::server::Handler for Conn {
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
-        if let Some(node) = &self.node {
-            self.authenticated.store(true, Ordering::Relaxed);
-            self.startup = None;
-            match self.shared.registry.node_slot(node.id) {
-                Some(slot) => self.node_slot = Some(slot),
-                None => {
-                    tracing::warn!(node = %node.name, source = %self.source, "node connection refused: too many at once");
-                    self.shared.metrics.session_refused("node_sessions");
-                    session.disconnect(
-                        russh::Disconnect::TooManyConnections,
-                        "too many connections for this node at once",
-                        "en",
-                    )?;
-                    return Ok(());
+        Box::pin(async move {
+            if let Some(node) = &self.node {
+                self.authenticated.store(true, Ordering::Relaxed);
+                self.startup = None;
+                match self.shared.registry.node_slot(node.id) {
+                    Some(slot) => self.node_slot = Some(slot),
+                    None => {
+                        tracing::warn!(node = %node.name, source = %self.source, "node connection refused: too many at once");
+                        self.shared.metrics.session_refused("node_sessions");
+                        session.disconnect(
+                            russh::Disconnect::TooManyConnections,
+                            "too many connections for this node at once",
+                            "en",
+                        )?;
+                        return Ok(());
+                    }
                 }
-            }
-            tracing::info!(node = %node.name, source = %self.source, "node authenticated");
-            return Ok(());
-        }
-        let Some((account, fingerprint)) = self.accepted.take() else {
-            return Err(russh::Error::NotAuthenticated);
-        };
-        self.authenticated.store(true, Ordering::Relaxed);
-        self.startup = None;
-        // The key exchange's buffers are free now.
-        super::memory::note_churn();
-        self.shared.penalties.success(self.peer.ip());
-        self.shared.metrics.auth("success");
-        let activity = Arc::new(std::sync::atomic::AtomicI64::new(crate::store::now_ms()));
-        let max = self.shared.config.limits.max_sessions_per_account;
-        let added = self.shared.registry.add(
-            NewSession {
-                account_id: account.id,
-                login: account.login.clone(),
-                fingerprint: fingerprint.clone(),
-                source: self.source.clone(),
-                handle: session.handle(),
-                activity: activity.clone(),
-                kill: self.kill.clone(),
-            },
-            max,
-        );
-        let session_id = match added {
-            Ok(id) => id,
-            Err(limit) => {
-                // The key was right: this is a limit, not a failed login, so
-                // no penalty; the client prints the disconnect message.
-                self.shared
-                    .metrics
-                    .session_refused("max_sessions_per_account");
-                tracing::warn!(account = %account.login, source = %self.source, limit, "session refused: max_sessions_per_account reached");
-                let why = format!(
-                    "too many sessions: {} already has {limit} open on this gateway (limits.max_sessions_per_account); close one and try again",
-                    account.login
-                );
-                session.disconnect(russh::Disconnect::TooManyConnections, &why, "en")?;
+                tracing::info!(node = %node.name, source = %self.source, "node authenticated");
                 return Ok(());
             }
-        };
-        self.shared.metrics.connection_opened();
-        tracing::info!(session = %session_id, account = %account.login, source = %self.source, key = %fingerprint, "authenticated");
-        let store = self.shared.store.clone();
-        let event = Event {
-            actor: account.login.clone(),
-            source: self.source.clone(),
-            project: None,
-            action: "auth".into(),
-            target: String::new(),
-            args: String::new(),
-            outcome: Outcome::Ok,
-            detail: format!("session {session_id} with key {fingerprint}"),
-        };
-        tokio::spawn(async move {
-            let _ = store.audit(&event).await;
-        });
-        let ctx = Arc::new(ConnCtx {
-            shared: self.shared.clone(),
-            account,
-            fingerprint,
-            source: self.source.clone(),
-            session_id,
-            activity,
-            opening: Arc::new(tokio::sync::Semaphore::new(super::MAX_OPENING)),
-            waiting: Arc::new(tokio::sync::Semaphore::new(super::MAX_WAITING)),
-            refusals: std::sync::Mutex::new((super::REFUSAL_BURST, std::time::Instant::now())),
-        });
-        self.ctx = Some(ctx);
-        Ok(())
+            let Some((account, fingerprint)) = self.accepted.take() else {
+                return Err(russh::Error::NotAuthenticated);
+            };
+            self.authenticated.store(true, Ordering::Relaxed);
+            self.startup = None;
+            // The key exchange's buffers are free now.
+            super::memory::note_churn();
+            self.shared.penalties.success(self.peer.ip());
+            self.shared.metrics.auth("success");
+            let activity = Arc::new(std::sync::atomic::AtomicI64::new(crate::store::now_ms()));
+            let max = self.shared.config.limits.max_sessions_per_account;
+            let added = self.shared.registry.add(
+                NewSession {
+                    account_id: account.id,
+                    login: account.login.clone(),
+                    fingerprint: fingerprint.clone(),
+                    source: self.source.clone(),
+                    handle: session.handle(),
+                    activity: activity.clone(),
+                    kill: self.kill.clone(),
+                },
+                max,
+            );
+            let session_id = match added {
+                Ok(id) => id,
+                Err(limit) => {
+                    // The key was right: this is a limit, not a failed login, so
+                    // no penalty; the client prints the disconnect message.
+                    self.shared
+                        .metrics
+                        .session_refused("max_sessions_per_account");
+                    tracing::warn!(account = %account.login, source = %self.source, limit, "session refused: max_sessions_per_account reached");
+                    let why = format!(
+                        "too many sessions: {} already has {limit} open on this gateway (limits.max_sessions_per_account); close one and try again",
+                        account.login
+                    );
+                    session.disconnect(russh::Disconnect::TooManyConnections, &why, "en")?;
+                    return Ok(());
+                }
+            };
+            self.shared.metrics.connection_opened();
+            tracing::info!(session = %session_id, account = %account.login, source = %self.source, key = %fingerprint, "authenticated");
+            let store = self.shared.store.clone();
+            let event = Event {
+                actor: account.login.clone(),
+                source: self.source.clone(),
+                project: None,
+                action: "auth".into(),
+                target: String::new(),
+                args: String::new(),
+                outcome: Outcome::Ok,
+                detail: format!("session {session_id} with key {fingerprint}"),
+            };
+            tokio::spawn(async move {
+                let _ = store.audit(&event).await;
+            });
+            let ctx = Arc::new(ConnCtx {
+                shared: self.shared.clone(),
+                account,
+                fingerprint,
+                source: self.source.clone(),
+                session_id,
+                activity,
+                opening: Arc::new(tokio::sync::Semaphore::new(super::MAX_OPENING)),
+                waiting: Arc::new(tokio::sync::Semaphore::new(super::MAX_WAITING)),
+                refusals: std::sync::Mutex::new((super::REFUSAL_BURST, std::time::Instant::now())),
+            });
+            self.ctx = Some(ctx);
+            Ok(())
+        })
+        .await
     }
 
     /// Called for data on every channel, forwards included: only used to
@@ -402,54 +415,57 @@ impl russh::server::Handler for Conn {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(node) = self.node.clone() {
-            reply.accept().await;
-            tokio::spawn(super::node_channel::run(
-                self.shared.clone(),
-                node,
-                self.source.clone(),
-                channel,
-            ));
-            return Ok(());
-        }
-        let Some(ctx) = self.ctx.clone() else {
-            return Ok(());
-        };
-        let id = channel.id();
-        // Registered before it is accepted, so the channel limits apply and
-        // a revocation finds it from its first byte.
-        let live = LiveChannel::new(ChannelKind::Exec);
-        let cancel = live.cancel.clone();
-        match ctx
-            .shared
-            .registry
-            .add_channel(&ctx.session_id, id, live, None)
-        {
-            Ok(()) => {}
-            Err(Refused::Limit(why)) => {
-                ctx.shared.metrics.denial("max_channels");
-                tracing::warn!(account = %ctx.account.login, source = %self.source, reason = %why, "session channel refused");
-                reply
-                    .reject(russh::ChannelOpenFailure::Other {
-                        code: russh::ChannelOpenFailure::ResourceShortage.code(),
-                        reason: why,
-                    })
-                    .await;
+        Box::pin(async move {
+            if let Some(node) = self.node.clone() {
+                reply.accept().await;
+                tokio::spawn(super::node_channel::run(
+                    self.shared.clone(),
+                    node,
+                    self.source.clone(),
+                    channel,
+                ));
                 return Ok(());
             }
-            Err(_) => return Ok(()),
-        }
-        reply.accept().await;
-        let task_ctx = ctx.clone();
-        tokio::spawn(async move {
-            let _open = task_ctx.shared.metrics.channel_open("session");
-            channel::run(task_ctx.clone(), channel, cancel).await;
-            task_ctx
+            let Some(ctx) = self.ctx.clone() else {
+                return Ok(());
+            };
+            let id = channel.id();
+            // Registered before it is accepted, so the channel limits apply and
+            // a revocation finds it from its first byte.
+            let live = LiveChannel::new(ChannelKind::Exec);
+            let cancel = live.cancel.clone();
+            match ctx
                 .shared
                 .registry
-                .remove_channel(&task_ctx.session_id, id);
-        });
-        Ok(())
+                .add_channel(&ctx.session_id, id, live, None)
+            {
+                Ok(()) => {}
+                Err(Refused::Limit(why)) => {
+                    ctx.shared.metrics.denial("max_channels");
+                    tracing::warn!(account = %ctx.account.login, source = %self.source, reason = %why, "session channel refused");
+                    reply
+                        .reject(russh::ChannelOpenFailure::Other {
+                            code: russh::ChannelOpenFailure::ResourceShortage.code(),
+                            reason: why,
+                        })
+                        .await;
+                    return Ok(());
+                }
+                Err(_) => return Ok(()),
+            }
+            reply.accept().await;
+            let task_ctx = ctx.clone();
+            tokio::spawn(async move {
+                let _open = task_ctx.shared.metrics.channel_open("session");
+                channel::run(task_ctx.clone(), channel, cancel).await;
+                task_ctx
+                    .shared
+                    .registry
+                    .remove_channel(&task_ctx.session_id, id);
+            });
+            Ok(())
+        })
+        .await
     }
 
     async fn channel_open_direct_tcpip(
@@ -462,49 +478,52 @@ impl russh::server::Handler for Conn {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(ctx) = self.ctx.clone() else {
-            if self.node.is_some() {
-                let target = format!(
-                    "forward {}:{port_to_connect}",
-                    crate::model::printable(host_to_connect, 253)
-                );
-                self.shared.metrics.denial("forward");
-                self.audit_refusal(&target, "a node's session may only ask who may log in")
-                    .await;
-            }
-            return Ok(());
-        };
-        // Cheap refusals first: no database work for a client that floods.
-        let busy = if ctx.refusals_spent() {
-            Some("too many refused channel opens on this connection; slow down")
-        } else {
-            None
-        };
-        let waiting = match (busy, ctx.waiting.clone().try_acquire_owned()) {
-            (None, Ok(p)) => p,
-            (why, _) => {
-                let why = why.unwrap_or("too many channel opens waiting on this connection");
-                self.shared.metrics.denial("open_rate");
-                reply
-                    .reject(russh::ChannelOpenFailure::Other {
-                        code: russh::ChannelOpenFailure::ResourceShortage.code(),
-                        reason: why.to_string(),
-                    })
-                    .await;
+        Box::pin(async move {
+            let Some(ctx) = self.ctx.clone() else {
+                if self.node.is_some() {
+                    let target = format!(
+                        "forward {}:{port_to_connect}",
+                        crate::model::printable(host_to_connect, 253)
+                    );
+                    self.shared.metrics.denial("forward");
+                    self.audit_refusal(&target, "a node's session may only ask who may log in")
+                        .await;
+                }
                 return Ok(());
-            }
-        };
-        let host = host_to_connect.to_string();
-        tokio::spawn(async move {
-            // Opens take turns: a burst (50 tunnelled connections at once)
-            // waits instead of being refused.
-            let Ok(permit) = ctx.opening.clone().acquire_owned().await else {
-                return;
             };
-            drop(waiting);
-            forward::run(ctx, channel, host, port_to_connect, reply, permit).await;
-        });
-        Ok(())
+            // Cheap refusals first: no database work for a client that floods.
+            let busy = if ctx.refusals_spent() {
+                Some("too many refused channel opens on this connection; slow down")
+            } else {
+                None
+            };
+            let waiting = match (busy, ctx.waiting.clone().try_acquire_owned()) {
+                (None, Ok(p)) => p,
+                (why, _) => {
+                    let why = why.unwrap_or("too many channel opens waiting on this connection");
+                    self.shared.metrics.denial("open_rate");
+                    reply
+                        .reject(russh::ChannelOpenFailure::Other {
+                            code: russh::ChannelOpenFailure::ResourceShortage.code(),
+                            reason: why.to_string(),
+                        })
+                        .await;
+                    return Ok(());
+                }
+            };
+            let host = host_to_connect.to_string();
+            tokio::spawn(async move {
+                // Opens take turns: a burst (50 tunnelled connections at once)
+                // waits instead of being refused.
+                let Ok(permit) = ctx.opening.clone().acquire_owned().await else {
+                    return;
+                };
+                drop(waiting);
+                forward::run(ctx, channel, host, port_to_connect, reply, permit).await;
+            });
+            Ok(())
+        })
+        .await
     }
 
     async fn pty_request(
@@ -547,12 +566,15 @@ impl russh::server::Handler for Conn {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.shared.metrics.denial("subsystem");
-        let what = format!("subsystem {}", crate::model::quoted(name));
-        self.audit_refusal(&what, "subsystems (sftp) are not served by the gateway")
-            .await;
-        session.channel_failure(channel)?;
-        Ok(())
+        Box::pin(async move {
+            self.shared.metrics.denial("subsystem");
+            let what = format!("subsystem {}", crate::model::quoted(name));
+            self.audit_refusal(&what, "subsystems (sftp) are not served by the gateway")
+                .await;
+            session.channel_failure(channel)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn x11_request(
@@ -564,11 +586,14 @@ impl russh::server::Handler for Conn {
         _x11_screen_number: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.shared.metrics.denial("x11");
-        self.audit_refusal("x11 forwarding", "X11 forwarding is not allowed")
-            .await;
-        session.channel_failure(channel)?;
-        Ok(())
+        Box::pin(async move {
+            self.shared.metrics.denial("x11");
+            self.audit_refusal("x11 forwarding", "X11 forwarding is not allowed")
+                .await;
+            session.channel_failure(channel)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn agent_request(
@@ -576,10 +601,13 @@ impl russh::server::Handler for Conn {
         _channel: ChannelId,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.shared.metrics.denial("agent");
-        self.audit_refusal("agent forwarding", "agent forwarding is not allowed")
-            .await;
-        Ok(false)
+        Box::pin(async move {
+            self.shared.metrics.denial("agent");
+            self.audit_refusal("agent forwarding", "agent forwarding is not allowed")
+                .await;
+            Ok(false)
+        })
+        .await
     }
 
     async fn tcpip_forward(
@@ -588,14 +616,17 @@ impl russh::server::Handler for Conn {
         port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.shared.metrics.denial("remote_forward");
-        let target = format!("{}:{port}", crate::model::quoted(address));
-        self.audit_refusal(
-            &format!("remote forward {target}"),
-            "remote forwarding (-R) is not allowed",
-        )
-        .await;
-        Ok(false)
+        Box::pin(async move {
+            self.shared.metrics.denial("remote_forward");
+            let target = format!("{}:{port}", crate::model::quoted(address));
+            self.audit_refusal(
+                &format!("remote forward {target}"),
+                "remote forwarding (-R) is not allowed",
+            )
+            .await;
+            Ok(false)
+        })
+        .await
     }
 
     async fn streamlocal_forward(
@@ -603,11 +634,14 @@ impl russh::server::Handler for Conn {
         socket_path: &str,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.shared.metrics.denial("streamlocal");
-        let what = format!("streamlocal forward {}", crate::model::quoted(socket_path));
-        self.audit_refusal(&what, "unix socket forwarding is not allowed")
-            .await;
-        Ok(false)
+        Box::pin(async move {
+            self.shared.metrics.denial("streamlocal");
+            let what = format!("streamlocal forward {}", crate::model::quoted(socket_path));
+            self.audit_refusal(&what, "unix socket forwarding is not allowed")
+                .await;
+            Ok(false)
+        })
+        .await
     }
 
     async fn channel_open_direct_streamlocal(
@@ -617,14 +651,17 @@ impl russh::server::Handler for Conn {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.shared.metrics.denial("streamlocal");
-        let what = format!("streamlocal {}", crate::model::quoted(socket_path));
-        self.audit_refusal(&what, "unix socket forwarding is not allowed")
-            .await;
-        reply
-            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
+        Box::pin(async move {
+            self.shared.metrics.denial("streamlocal");
+            let what = format!("streamlocal {}", crate::model::quoted(socket_path));
+            self.audit_refusal(&what, "unix socket forwarding is not allowed")
+                .await;
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            Ok(())
+        })
+        .await
     }
 }
 
