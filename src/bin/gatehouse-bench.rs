@@ -39,6 +39,10 @@ struct Args {
     /// Concurrent sessions to try to hold
     #[arg(long, default_value = "2000")]
     max_sessions: usize,
+    /// Idle sessions to hold on gatehouse alone (sshd would need two
+    /// processes each); 0 skips it
+    #[arg(long, default_value = "10000")]
+    gatehouse_sessions: usize,
     /// Also compare connection setup against a database of this many
     /// accounts (two keys each) with one of 10 accounts; 0 skips it
     #[arg(long, default_value = "100000")]
@@ -65,6 +69,9 @@ struct Args {
 
 fn main() -> Result<()> {
     let mut args = Args::parse();
+    // Both ends of thousands of sessions: the bench's clients and the
+    // servers it starts (which inherit the limit).
+    gatehouse::gateway::raise_open_files_limit();
     if let Some(config) = args.serve_gateway {
         // Runs the gateway in its own process, so its memory is its own.
         let config = gatehouse::config::Config::load(Some(&config))?;
@@ -78,6 +85,7 @@ fn main() -> Result<()> {
         args.setup_count = 3;
         args.sessions = vec![5];
         args.max_sessions = 10;
+        args.gatehouse_sessions = 20;
         args.auth_scale_accounts = 200;
         args.node_logins = 2;
     }
@@ -440,18 +448,31 @@ fn ssh_base(dir: &Path, cipher: &str, port: u16) -> Command {
 
 /// `ssh -N -L LOCAL:HOST:PORT`, ready once LOCAL accepts.
 fn tunnel(dir: &Path, cipher: &str, t: &Target, host: &str, port: u16) -> Result<(Proc, u16)> {
-    let local = free_port()?;
+    let (proc, locals) = tunnels(dir, cipher, t, &[(host, port)])?;
+    Ok((proc, locals[0]))
+}
+
+/// One `ssh -N` with a `-L LOCAL:HOST:PORT` per target, ready once every
+/// LOCAL accepts; the LOCAL ports in the targets' order.
+fn tunnels(
+    dir: &Path,
+    cipher: &str,
+    t: &Target,
+    targets: &[(&str, u16)],
+) -> Result<(Proc, Vec<u16>)> {
     let mut c = ssh_base(dir, cipher, t.port);
-    c.args([
-        "-N",
-        "-o",
-        "ExitOnForwardFailure=yes",
-        "-L",
-        &format!("{local}:{host}:{port}"),
-    ]);
-    let child = c.stdin(Stdio::null()).spawn()?;
-    wait_port(local)?;
-    Ok((Proc(child), local))
+    c.args(["-N", "-o", "ExitOnForwardFailure=yes"]);
+    let mut locals = Vec::new();
+    for (host, port) in targets {
+        let local = free_port()?;
+        c.arg("-L").arg(format!("{local}:{host}:{port}"));
+        locals.push(local);
+    }
+    let child = Proc(c.stdin(Stdio::null()).spawn()?);
+    for &local in &locals {
+        wait_port(local)?;
+    }
+    Ok((child, locals))
 }
 
 fn throughput(
@@ -518,6 +539,83 @@ fn round_trips(dir: &Path, cipher: &str, t: &Target, echo: u16, count: usize) ->
         s.write_all(&msg)?;
         s.read_exact(&mut back)?;
         out.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(out)
+}
+
+/// A target that accepts connections and never reads them, with a small
+/// receive buffer so that the stall reaches the server at once.
+fn stall_server() -> Result<u16> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.set_recv_buffer_size(64 * 1024)?;
+    let addr: std::net::SocketAddr = "127.0.0.1:0".parse()?;
+    socket.bind(&addr.into())?;
+    socket.listen(64)?;
+    let l: TcpListener = socket.into();
+    let port = l.local_addr()?.port();
+    std::thread::spawn(move || {
+        // Held, unread, until the bench ends.
+        let held: Vec<TcpStream> = l.incoming().flatten().collect();
+        drop(held);
+    });
+    Ok(port)
+}
+
+/// 64-byte round trips on one forward while another forward of the same
+/// connection has a target that does not read: a writer fills the stalled
+/// forward until it stops moving (at most 20 s), then `count` trips are
+/// timed, in µs. OpenSSH holds back only the stalled channel (RFC 4254
+/// §5.2 flow control), and so must the gateway.
+fn stalled_round_trips(
+    dir: &Path,
+    cipher: &str,
+    t: &Target,
+    stall: u16,
+    echo: u16,
+    count: usize,
+) -> Result<Vec<f64>> {
+    let (_tunnel, locals) = tunnels(
+        dir,
+        cipher,
+        t,
+        &[(&t.sink_host, stall), (&t.echo_host, echo)],
+    )?;
+    let mut stalled = TcpStream::connect(("127.0.0.1", locals[0]))?;
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = written.clone();
+    std::thread::spawn(move || {
+        let block = vec![0x5au8; 64 * 1024];
+        while stalled.write_all(&block).is_ok() {
+            counter.fetch_add(block.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut last, mut since) = (0, Instant::now());
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = written.load(std::sync::atomic::Ordering::Relaxed);
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if now > 0 && since.elapsed() >= Duration::from_millis(500) {
+            break;
+        }
+    }
+    let mut s = TcpStream::connect(("127.0.0.1", locals[1]))?;
+    s.set_nodelay(true)?;
+    // A server that freezes the whole connection answers not at all.
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let msg = [0x42u8; 64];
+    let mut back = [0u8; 64];
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count + 20 {
+        let start = Instant::now();
+        s.write_all(&msg)?;
+        if s.read_exact(&mut back).is_err() {
+            bail!("{}: no answer within 10 s beside a stalled forward", t.name);
+        }
+        if i >= 20 {
+            out.push(start.elapsed().as_secs_f64() * 1e6);
+        }
     }
     Ok(out)
 }
@@ -795,6 +893,34 @@ async fn run(args: &Args) -> Result<String> {
         "lower",
     ));
 
+    // Round trips beside a stalled forward, alternating in rounds.
+    let mut st = [Vec::new(), Vec::new()];
+    if want("stall") {
+        let stall = stall_server()?;
+        let rounds = 4;
+        for _ in 0..rounds {
+            for (i, t) in both.iter().enumerate() {
+                st[i].extend(stalled_round_trips(
+                    d,
+                    c,
+                    t,
+                    stall,
+                    echo,
+                    args.rtt_count / 10,
+                )?);
+            }
+        }
+    }
+    rows.push(Row::medians(
+        format!(
+            "64-byte round trip beside a stalled forward ({} each)",
+            st[0].len()
+        ),
+        &mut st,
+        "µs",
+        "lower",
+    ));
+
     // Connection setup, alternating.
     let mut su = [Vec::new(), Vec::new()];
     for _ in 0..if want("setup") { args.setup_count } else { 0 } {
@@ -855,6 +981,56 @@ async fn run(args: &Args) -> Result<String> {
         unit: "sessions",
         better: "higher",
     });
+    // gatehouse alone at its own scale: as many sessions on sshd would be
+    // twice as many processes (15 GB at sshd's 1.5 MiB a session).
+    if want("sessions") && args.gatehouse_sessions > 0 {
+        let n = args.gatehouse_sessions;
+        settle().await;
+        let (pss0, cpu0) = (tree_pss_kib(g.pid), tree_cpu_secs(g.pid));
+        let sessions = open_sessions(g.port, key.clone(), n, 100).await;
+        let cpu1 = tree_cpu_secs(g.pid);
+        settle().await;
+        let (pss1, cpu2) = (tree_pss_kib(g.pid), tree_cpu_secs(g.pid));
+        let idle = Duration::from_secs(if args.quick { 2 } else { 10 });
+        tokio::time::sleep(idle).await;
+        let cpu3 = tree_cpu_secs(g.pid);
+        let held = sessions.len().max(1) as f64;
+        let alone = |metric: String, value: f64, unit, better| Row {
+            metric,
+            openssh: f64::NAN,
+            gatehouse: value,
+            unit,
+            better,
+        };
+        rows.push(alone(
+            format!("sessions held of {n} tried (gatehouse alone)"),
+            sessions.len() as f64,
+            "sessions",
+            "higher",
+        ));
+        rows.push(alone(
+            format!("memory per idle session at {n} sessions (gatehouse alone)"),
+            pss1.saturating_sub(pss0) as f64 / held,
+            "KiB",
+            "lower",
+        ));
+        rows.push(alone(
+            format!("server CPU per session opened, {n} sessions (gatehouse alone)"),
+            (cpu1 - cpu0) * 1000.0 / held,
+            "ms",
+            "lower",
+        ));
+        rows.push(alone(
+            format!(
+                "server CPU with {n} sessions idle, over {} s (gatehouse alone)",
+                idle.as_secs()
+            ),
+            (cpu3 - cpu2) / idle.as_secs_f64() * 100.0,
+            "% of a core",
+            "lower",
+        ));
+        drop(sessions);
+    }
     // A login on a node that asks the gateway, beside one with a plain
     // authorized_keys file (the OpenSSH sshd above).
     let mut node_line = String::new();
@@ -1151,15 +1327,17 @@ fn render(rows: &[Row], scale_line: &str, args: &Args) -> String {
         .iter()
         .filter(|r| !(r.openssh.is_nan() && r.gatehouse.is_nan()))
     {
+        // A figure measured on gatehouse alone has no OpenSSH value.
+        let (openssh, ratio) = match r.openssh.is_nan() {
+            true => ("—".to_string(), "—".to_string()),
+            false => (
+                format!("{:.1} {}", r.openssh, r.unit),
+                format!("{:.2}", r.gatehouse / r.openssh),
+            ),
+        };
         out.push_str(&format!(
-            "| {} | {:.1} {} | {:.1} {} | {:.2} | {} |\n",
-            r.metric,
-            r.openssh,
-            r.unit,
-            r.gatehouse,
-            r.unit,
-            r.gatehouse / r.openssh,
-            r.better
+            "| {} | {openssh} | {:.1} {} | {ratio} | {} |\n",
+            r.metric, r.gatehouse, r.unit, r.better
         ));
     }
     if !scale_line.is_empty() {

@@ -311,10 +311,39 @@ fn start_worker(
     Ok(Worker { conns, thread })
 }
 
+/// Raises this process's soft limit on open files to its hard limit (a
+/// session is a socket; 1,024, a common default, is too few), as OpenSSH's
+/// sshd and the Go runtime do. Returns the limit now in force; the
+/// systemd unit sets the hard limit (`LimitNOFILE=`).
+pub fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `lim`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> Result<()> {
     init_logging(&config);
     memory::tune_allocator();
+    let open_files = raise_open_files_limit();
+    tracing::debug!(open_files, "open files limit");
     let key = host_key(&config.server.host_key)?;
     let addr = config.listen_addr()?;
     // Migrates the schema once, before the workers open their pools.
