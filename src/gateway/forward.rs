@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use russh::server::Msg;
-use russh::{Channel, ChannelOpenFailure};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use russh::{Channel, ChannelMsg, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use tokio_util::sync::CancellationToken;
@@ -170,17 +170,18 @@ pub async fn run(
     drop(opening);
     tracing::info!(account = %conn.account.login, source = %conn.source, target = %shown, to = %reached, "forward opened");
     let _open = conn.shared.metrics.forward_open();
-    let mut ch = channel.into_stream();
-    let mut tcp = Counted {
+    let (mut from_client, to_client) = channel.split();
+    let tcp = Counted {
         inner: stream,
         counters: counters.clone(),
         metrics: conn.shared.metrics.clone(),
         activity: conn.activity.clone(),
     };
     let piped = tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(&mut ch, &mut tcp, COPY_BUF, COPY_BUF) => Some(r),
+        r = pipe(&mut from_client, &to_client, tcp) => Some(r),
         _ = cancel.cancelled() => None,
     };
+    let _ = to_client.close().await;
     let end = match piped {
         Some(Ok(_)) => "closed".to_string(),
         // The client going away mid-stream is an ordinary end.
@@ -188,7 +189,7 @@ pub async fn run(
         Some(Err(e)) => format!("ended: {e}"),
         None => "ended: access revoked or session closed".to_string(),
     };
-    drop((ch, tcp));
+    drop((from_client, to_client));
     super::memory::note_churn();
     let (up, down) = (
         counters.to_target.load(Ordering::Relaxed),
@@ -282,16 +283,65 @@ async fn audit(conn: &ConnCtx, r: Option<&Resolved>, target: &str, outcome: Outc
     }
 }
 
-/// A stream that counts the bytes read from and written to it.
-struct Counted {
-    inner: TcpStream,
-    counters: Arc<Counters>,
-    metrics: Arc<crate::metrics::Metrics>,
-    /// The connection's last-activity clock: a forward moving data is not idle.
-    activity: Arc<std::sync::atomic::AtomicI64>,
+/// Pipes a forward both ways until both directions have ended, passing
+/// EOF each way (half-close). What the client sends is written to the
+/// target straight from the channel's messages, with no copy through a
+/// buffer of ours; what the target sends goes through one `COPY_BUF`
+/// buffer into the channel, within the window the client grants.
+async fn pipe(
+    from_client: &mut ChannelReadHalf,
+    to_client: &ChannelWriteHalf<Msg>,
+    tcp: Counted,
+) -> std::io::Result<()> {
+    let Counted {
+        mut inner,
+        counters,
+        metrics,
+        activity,
+    } = tcp;
+    let (tcp_read, mut tcp_write) = inner.split();
+    let up = async {
+        while let Some(msg) = from_client.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    tcp_write.write_all(&data).await?;
+                    let n = data.len() as u64;
+                    counters.to_target.fetch_add(n, Ordering::Relaxed);
+                    metrics.forwarded_to_target(n);
+                }
+                ChannelMsg::Eof => break,
+                _ => {}
+            }
+        }
+        tcp_write.shutdown().await
+    };
+    let down = async {
+        let mut from_target = tokio::io::BufReader::with_capacity(
+            COPY_BUF,
+            CountedRead {
+                inner: tcp_read,
+                counters: &counters,
+                metrics: &metrics,
+                activity: &activity,
+            },
+        );
+        let mut writer = to_client.make_writer();
+        tokio::io::copy_buf(&mut from_target, &mut writer).await?;
+        writer.shutdown().await
+    };
+    tokio::try_join!(up, down).map(drop)
 }
 
-impl AsyncRead for Counted {
+/// The target's side of a forward, counting what it reads.
+struct CountedRead<'a> {
+    inner: tokio::net::tcp::ReadHalf<'a>,
+    counters: &'a Counters,
+    metrics: &'a crate::metrics::Metrics,
+    /// The connection's last-activity clock: a forward moving data is not idle.
+    activity: &'a std::sync::atomic::AtomicI64,
+}
+
+impl AsyncRead for CountedRead<'_> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -310,27 +360,10 @@ impl AsyncRead for Counted {
     }
 }
 
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &r {
-            self.counters
-                .to_target
-                .fetch_add(*n as u64, Ordering::Relaxed);
-            self.metrics.forwarded_to_target(*n as u64);
-        }
-        r
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+/// The target's connection and what its bytes are counted in.
+struct Counted {
+    inner: TcpStream,
+    counters: Arc<Counters>,
+    metrics: Arc<crate::metrics::Metrics>,
+    activity: Arc<std::sync::atomic::AtomicI64>,
 }
