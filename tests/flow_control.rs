@@ -402,3 +402,88 @@ fn a_client_killed_during_a_stall_leaves_no_session() {
     assert_eq!(sessions(), 0, "the killed client's session is gone");
     stalled.release.store(true, Ordering::Relaxed);
 }
+
+/// A client that sends its window as 64-byte packets into a forward whose
+/// target does not read (a scripted russh client: the OpenSSH client
+/// merges small writes when it can). The gateway keeps small pieces in
+/// one buffer while the reader is behind, so the window, not the count of
+/// packets, bounds what it holds: the other forward answers, and every
+/// byte arrives once the target reads.
+#[test]
+fn tiny_packets_into_a_stalled_forward_hold_back_only_it() {
+    let Some(w) = world() else { return };
+    let stalled = target(64 * 1024, Duration::ZERO);
+    let echo = common::echo_server();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (sent, echoed) = runtime.block_on(async {
+        let key = Arc::new(russh::keys::load_secret_key(&w.bob.private, None).expect("bob's key"));
+        let config = Arc::new(russh::client::Config::default());
+        let mut s = russh::client::connect(config, ("127.0.0.1", w.gw.port), common::Trusting)
+            .await
+            .expect("connect");
+        let auth = s
+            .authenticate_publickey("bob", russh::keys::PrivateKeyWithHashAlg::new(key, None))
+            .await
+            .expect("authenticate");
+        assert!(auth.success());
+        let slow = s
+            .channel_open_direct_tcpip("node-1.c1", u32::from(stalled.port), "127.0.0.1", 1)
+            .await
+            .expect("open the stalled forward");
+        let mut other = s
+            .channel_open_direct_tcpip("node-1.c1", u32::from(echo), "127.0.0.1", 2)
+            .await
+            .expect("open the echo forward");
+        let record = [0x61u8; 64];
+        let mut sent = 0u64;
+        // Until the window is spent: a send that waits 2 s is held back.
+        while sent < 64 * 1024 * 1024 {
+            match tokio::time::timeout(Duration::from_secs(2), slow.data(&record[..])).await {
+                Ok(Ok(())) => sent += record.len() as u64,
+                _ => break,
+            }
+        }
+        if let Err(e) = other.data(&b"ping"[..]).await {
+            panic!(
+                "send on the other forward: {e}; gateway log:\n{}",
+                w.gw.log_text()
+            );
+        }
+        let echoed = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(msg) = other.wait().await {
+                if let russh::ChannelMsg::Data { data } = msg {
+                    return Some(data.to_vec());
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        stalled.release.store(true, Ordering::Relaxed);
+        let _ = slow.eof().await;
+        // Keep the session until the target has everything.
+        let _ = tokio::task::spawn_blocking(move || {
+            stalled.got.recv_timeout(Duration::from_secs(60)).ok()
+        })
+        .await
+        .ok()
+        .flatten()
+        .map(|(_, n)| assert_eq!(n, sent, "every byte of the stalled forward arrives"))
+        .expect("the target's digest");
+        (sent, echoed)
+    });
+    assert!(
+        sent >= 1024 * 1024,
+        "the window took at least 1 MiB of 64-byte packets ({sent} bytes)"
+    );
+    assert_eq!(
+        echoed.as_deref(),
+        Some(&b"ping"[..]),
+        "the other forward answered within a second"
+    );
+    println!("tiny packets: {sent} bytes in 64-byte packets before the window closed");
+}

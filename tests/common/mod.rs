@@ -858,7 +858,7 @@ impl Drop for Term {
 
 /// A russh client that trusts any host key: for requests the OpenSSH
 /// client will not send (odd user names, SHA-1 signatures).
-struct Trusting;
+pub struct Trusting;
 
 impl russh::client::Handler for Trusting {
     type Error = russh::Error;
