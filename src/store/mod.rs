@@ -154,11 +154,30 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator
-            .run(&store.pool)
-            .await
-            .context("cannot bring the database schema up to date")?;
+        // Read first: the migrator's own bookkeeping takes SQLite's write
+        // lock, which an operator command (say `audit`) could wait for
+        // behind a gateway that commits without pause.
+        if !store.schema_is_current(migrator).await {
+            migrator
+                .run(&store.pool)
+                .await
+                .context("cannot bring the database schema up to date")?;
+        }
         Ok(store)
+    }
+
+    /// True when every migration is applied, by a read-only query; false
+    /// when unsure (no bookkeeping table yet, or a query error).
+    async fn schema_is_current(&self, migrator: &sqlx::migrate::Migrator) -> bool {
+        let Some(newest) = migrator.iter().map(|m| m.version).max() else {
+            return true;
+        };
+        let applied: Result<(i64, i64), _> = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success",
+        )
+        .fetch_one(&self.pool)
+        .await;
+        matches!(applied, Ok((count, max)) if max == newest && count == migrator.iter().count() as i64)
     }
 
     /// Cheap liveness probe for health checks and fail-closed decisions.
