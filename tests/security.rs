@@ -562,7 +562,13 @@ fn channel_limits_refuse_with_a_reason() {
         3,
         "3 per connection"
     );
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    // ssh writes the refusal to its log in its own time.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut text = std::fs::read_to_string(&log).unwrap_or_default();
+    while !text.contains("max_channels_per_connection") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+    }
     assert!(
         text.contains("resource shortage")
             && text.contains("limits.max_channels_per_connection = 3"),

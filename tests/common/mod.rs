@@ -91,7 +91,9 @@ pub fn wait_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
-/// Runs a command to completion, killing it after `timeout`.
+/// Runs a command to completion, killing it after `timeout`. Its output
+/// is read while it runs, so a command that prints more than a pipe holds
+/// (64 KiB) is not stuck writing.
 pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
@@ -108,24 +110,54 @@ pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Durati
             let _ = pipe.write_all(&data);
         });
     }
+    // Bounded: a grandchild that keeps the pipe open (a daemonizing
+    // command) leaves what was read within 10 s of the exit.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut all);
+            }
+            let _ = tx.send(all);
+        });
+        Drained(rx)
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let deadline = Instant::now() + timeout;
-    loop {
+    let status = loop {
         match child.try_wait() {
-            Ok(Some(_)) => break,
+            Ok(Some(status)) => break status,
             Ok(None) if Instant::now() > deadline => {
                 let _ = child.kill();
-                let out = child.wait_with_output().expect("output");
+                let _ = child.wait();
                 panic!(
                     "command timed out after {timeout:?}: {cmd:?}\nstdout: {}\nstderr: {}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
+                    String::from_utf8_lossy(&stdout.join()),
+                    String::from_utf8_lossy(&stderr.join())
                 );
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => panic!("wait: {e}"),
         }
+    };
+    Output {
+        status,
+        stdout: stdout.join(),
+        stderr: stderr.join(),
     }
-    child.wait_with_output().expect("output")
+}
+
+/// What a thread read from a child's pipe.
+struct Drained(std::sync::mpsc::Receiver<Vec<u8>>);
+
+impl Drained {
+    fn join(&self) -> Vec<u8> {
+        self.0
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_default()
+    }
 }
 
 /// What a command printed and how it ended.
