@@ -116,7 +116,8 @@ fn apply(diff: &Path, root: &Path) -> Result<(), String> {
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let starts: Vec<usize> = (0..lines.len())
         .filter(|&i| {
-            lines[i].starts_with("--- a/") && lines.get(i + 1).is_some_and(|l| l.starts_with("+++ b/"))
+            lines[i].starts_with("--- a/")
+                && lines.get(i + 1).is_some_and(|l| l.starts_with("+++ b/"))
         })
         .collect();
     if starts.is_empty() {
@@ -136,7 +137,10 @@ fn apply(diff: &Path, root: &Path) -> Result<(), String> {
         let patch = diffy::Patch::from_str(&chunk)
             .map_err(|e| format!("{}: cannot read the diff of {path}: {e}", diff.display()))?;
         let patched = diffy::apply(&read(&target)?, &patch).map_err(|e| {
-            format!("{}: does not apply to russh {VERSION}'s {path}: {e}", diff.display())
+            format!(
+                "{}: does not apply to russh {VERSION}'s {path}: {e}",
+                diff.display()
+            )
         })?;
         write(&target, &patched)?;
     }
