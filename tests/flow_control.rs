@@ -220,6 +220,25 @@ fn master(w: &World, ctl: &Path, forwards: &[(u16, String)]) -> Child {
     child
 }
 
+/// A ControlMaster with two forwards, one to `target` and one to an echo
+/// server, and a connection through the second that has answered once:
+/// the master, the local port of the first forward, and that connection.
+fn beside_an_echo(w: &World, target: u16) -> (Child, u16, TcpStream) {
+    let echo = common::echo_server();
+    let (p1, p2) = (common::free_port(), common::free_port());
+    let master = master(
+        w,
+        &control_path(w),
+        &[
+            (p1, format!("node-1.c1:{target}")),
+            (p2, format!("node-1.c1:{echo}")),
+        ],
+    );
+    let mut other = TcpStream::connect(("127.0.0.1", p2)).expect("second forward");
+    echo_round_trip(&mut other, Duration::from_secs(10)).expect("echo before the stall");
+    (master, p1, other)
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -237,19 +256,8 @@ fn control_path(w: &World) -> PathBuf {
 fn a_stalled_forward_holds_back_only_itself_and_resumes_intact() {
     let Some(w) = world() else { return };
     let stalled = target(64 * 1024, Duration::ZERO);
-    let echo = common::echo_server();
-    let (p1, p2) = (common::free_port(), common::free_port());
     let ctl = control_path(&w);
-    let mut master = master(
-        &w,
-        &ctl,
-        &[
-            (p1, format!("node-1.c1:{}", stalled.port)),
-            (p2, format!("node-1.c1:{echo}")),
-        ],
-    );
-    let mut other = TcpStream::connect(("127.0.0.1", p2)).expect("second forward");
-    echo_round_trip(&mut other, Duration::from_secs(10)).expect("echo before the stall");
+    let (mut master, p1, mut other) = beside_an_echo(&w, stalled.port);
     let before = rss_kib(w.gw.pid());
 
     let total = 64 * 1024 * 1024;
@@ -324,19 +332,7 @@ fn a_slow_reader_does_not_slow_the_other_forward() {
     // 64 KiB every 100 ms: about 640 KB/s.
     let slow = target(64 * 1024, Duration::from_millis(100));
     slow.release.store(true, Ordering::Relaxed);
-    let echo = common::echo_server();
-    let (p1, p2) = (common::free_port(), common::free_port());
-    let ctl = control_path(&w);
-    let mut master = master(
-        &w,
-        &ctl,
-        &[
-            (p1, format!("node-1.c1:{}", slow.port)),
-            (p2, format!("node-1.c1:{echo}")),
-        ],
-    );
-    let mut other = TcpStream::connect(("127.0.0.1", p2)).expect("second forward");
-    echo_round_trip(&mut other, Duration::from_secs(10)).expect("echo before");
+    let (mut master, p1, mut other) = beside_an_echo(&w, slow.port);
     let total = 32 * 1024 * 1024;
     let written = Arc::new(AtomicU64::new(0));
     let sending = writer(p1, total, written.clone());
