@@ -51,6 +51,10 @@ pub struct Cluster {
     pub kube_ca: Option<String>,
     #[serde(skip)]
     pub created_at: i64,
+    /// When the cluster's credential was set (ms since the epoch), if it
+    /// is; the credential itself is never read with the cluster.
+    #[serde(skip)]
+    pub credential_set_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -85,8 +89,9 @@ const NODE_SELECT: &str = "SELECT n.id, n.name, n.host, n.port, n.gpu_type, n.gp
      LEFT JOIN node_credentials nc ON nc.node_id = n.id";
 
 const CLUSTER_SELECT: &str = "SELECT c.id, c.project_id, p.name AS project, c.name, c.gpu_type, c.description, \
-     c.kube_api, c.dashboard, c.node_user, c.kube_ca, c.created_at \
-     FROM clusters c JOIN projects p ON p.id = c.project_id";
+     c.kube_api, c.dashboard, c.node_user, c.kube_ca, c.created_at, cc.set_at AS credential_set_at \
+     FROM clusters c JOIN projects p ON p.id = c.project_id \
+     LEFT JOIN cluster_credentials cc ON cc.cluster_id = c.id";
 
 impl Store {
     pub async fn node_register(

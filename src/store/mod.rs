@@ -4,6 +4,7 @@
 //! both win; multi-step changes are one transaction.
 
 mod accounts;
+mod credentials;
 mod enrollment;
 mod infra;
 mod projects;
@@ -15,6 +16,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyPool, Transaction};
 
 pub use accounts::{Account, KeyRecord};
+pub use credentials::{ClusterCredential, StoredCredential};
 pub use enrollment::{AskingNode, KeyHolder};
 pub use infra::{Cluster, ClusterConfigChange, Node, Volume};
 pub use projects::{Member, Membership, ProjectDeleted, ProjectSummary};

@@ -283,6 +283,18 @@ impl Store {
             .bind(account_id)
             .execute(&mut *tx)
             .await?;
+        let (project,): (String,) = sqlx::query_as("SELECT name FROM projects WHERE id = $1")
+            .bind(project_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        super::revocations::append(
+            &mut *tx,
+            &Revocation::Role {
+                account_id,
+                project,
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(old)
     }

@@ -17,6 +17,9 @@ pub enum Revocation {
     },
     /// The account's shells, commands and forwards in this project.
     Membership { account_id: i64, project: String },
+    /// The account's Kubernetes front doors in this project: its role
+    /// changed, and open watches and streams carry the old group.
+    Role { account_id: i64, project: String },
     /// Forwards to these nodes (scaled away).
     Node {
         project: String,
@@ -42,6 +45,8 @@ pub struct ChannelFacts<'a> {
     pub forward: bool,
     /// A forward to the Kubernetes API or the dashboard.
     pub api: bool,
+    /// The Kubernetes front door (`kube.CLUSTER`), which acts as the user.
+    pub kube: bool,
     pub project: Option<&'a str>,
     pub cluster: Option<&'a str>,
     pub node: Option<&'a str>,
@@ -58,6 +63,10 @@ impl Revocation {
                 account_id: a,
                 project,
             } => account_id == *a && ch.project == Some(project.as_str()),
+            Revocation::Role {
+                account_id: a,
+                project,
+            } => account_id == *a && ch.kube && ch.project == Some(project.as_str()),
             Revocation::Project { project } => ch.project == Some(project.as_str()),
             Revocation::Cluster { project, cluster } => ch.forward && in_cluster(project, cluster),
             Revocation::Node {
@@ -88,6 +97,7 @@ impl Revocation {
             Revocation::Account { .. } => "the account was disabled or removed".to_string(),
             Revocation::Key { .. } => "the key this session used was removed".to_string(),
             Revocation::Membership { project, .. } => format!("removed from project {project}"),
+            Revocation::Role { project, .. } => format!("role in project {project} changed"),
             Revocation::Node { node, cluster, .. } => {
                 format!("node {node} left cluster {cluster}")
             }
@@ -125,6 +135,10 @@ impl Revocation {
                 fingerprint: fingerprint?,
             },
             "membership" => Revocation::Membership {
+                account_id: account_id?,
+                project: project?,
+            },
+            "role" => Revocation::Role {
                 account_id: account_id?,
                 project: project?,
             },
@@ -189,6 +203,18 @@ where
             project,
         } => (
             "membership",
+            Some(*account_id),
+            Some(project),
+            None,
+            None,
+            None,
+            None,
+        ),
+        Revocation::Role {
+            account_id,
+            project,
+        } => (
+            "role",
             Some(*account_id),
             Some(project),
             None,
@@ -303,6 +329,7 @@ mod tests {
         ChannelFacts {
             forward: true,
             api,
+            kube: api && node.is_some(),
             project: Some(project),
             cluster: Some(cluster),
             node,
@@ -359,5 +386,15 @@ mod tests {
             project: "p".into(),
         };
         assert!(project.ends_channel(5, "x", shell) && !project.ends_channel(5, "x", other));
+        let role = Revocation::Role {
+            account_id: 1,
+            project: "p".into(),
+        };
+        assert!(
+            role.ends_channel(1, "s", kube_on_n1),
+            "the front door acts as the old role"
+        );
+        assert!(!role.ends_channel(1, "s", shell) && !role.ends_channel(1, "s", n1));
+        assert!(!role.ends_channel(1, "s", dash) && !role.ends_channel(2, "s", kube_on_n1));
     }
 }
