@@ -41,11 +41,13 @@
 //! | [`output`] | tables, JSON, error classes and exit statuses |
 //! | [`metrics`] | Prometheus metrics and `/healthz` |
 //! | [`gateway`] | the russh server, shell, forwarding, live sessions |
+//! | [`kube`] | the Kubernetes front door: TLS, HTTP, impersonation, per request |
 
 pub mod audit;
 pub mod commands;
 pub mod config;
 pub mod gateway;
+pub mod kube;
 pub mod metrics;
 pub mod model;
 pub mod net;

@@ -1,0 +1,151 @@
+//! Reading a cluster's credential from `cluster credential set` (on stdin):
+//! a bearer token, or a PEM client certificate chain and its private key.
+//! Errors never quote the input: it is a secret.
+
+use rustls::pki_types::pem::{PemObject, SectionKind};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::store::ClusterCredential;
+
+/// The longest token accepted, in bytes (ServiceAccount tokens are about 1 KiB).
+pub const MAX_TOKEN: usize = 16 * 1024;
+/// The most PEM accepted, in bytes.
+pub const MAX_PEM: usize = 64 * 1024;
+
+const HOW: &str = "pipe a bearer token, or a PEM client certificate and its private key, to `ssh GATEWAY cluster credential set CLUSTER`";
+
+/// Parses what came on stdin. Errors: no input, a token with spaces or
+/// control characters or over [`MAX_TOKEN`], PEM without exactly one
+/// private key and at least one certificate, or a key that does not match
+/// the certificate.
+pub fn parse(input: &str) -> Result<ClusterCredential, String> {
+    let text = input.trim();
+    if text.is_empty() {
+        return Err(format!("no credential on stdin: {HOW}"));
+    }
+    if text.contains("-----BEGIN") {
+        return parse_pem(text);
+    }
+    if text.len() > MAX_TOKEN {
+        return Err(format!(
+            "invalid credential: a token is at most {MAX_TOKEN} bytes; {HOW}"
+        ));
+    }
+    if !text.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!(
+            "invalid credential: a token is one line of printable ASCII without spaces; {HOW}"
+        ));
+    }
+    Ok(ClusterCredential::Token(text.to_string()))
+}
+
+fn parse_pem(text: &str) -> Result<ClusterCredential, String> {
+    if text.len() > MAX_PEM {
+        return Err(format!(
+            "invalid credential: PEM input is at most {MAX_PEM} bytes"
+        ));
+    }
+    let mut certs = Vec::new();
+    let mut keys = Vec::new();
+    for item in <(SectionKind, Vec<u8>)>::pem_slice_iter(text.as_bytes()) {
+        let (kind, der) =
+            item.map_err(|_| "invalid credential: the PEM input does not parse".to_string())?;
+        match kind {
+            SectionKind::Certificate => certs.push(CertificateDer::from(der)),
+            SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey => {
+                keys.push((kind, der))
+            }
+            _ => {
+                return Err(
+                    "invalid credential: expected only CERTIFICATE and PRIVATE KEY blocks".into(),
+                );
+            }
+        }
+    }
+    let (kind, key_der) = match (certs.is_empty(), keys.len()) {
+        (false, 1) => keys.remove(0),
+        _ => {
+            return Err(format!(
+                "invalid credential: expected a client certificate (chain) and exactly one private key; {HOW}"
+            ));
+        }
+    };
+    let key = PrivateKeyDer::try_from(key_der.clone())
+        .map_err(|_| "invalid credential: the private key does not parse".to_string())?;
+    // rustls checks that the key can sign and matches the certificate.
+    super::client_config(&[], Some((certs.clone(), key)))
+        .map_err(|e| format!("invalid credential: {e}"))?;
+    let chain_pem = certs
+        .iter()
+        .map(|c| pem_block("CERTIFICATE", c.as_ref()))
+        .collect::<Vec<_>>()
+        .join("");
+    let label = match kind {
+        SectionKind::RsaPrivateKey => "RSA PRIVATE KEY",
+        SectionKind::EcPrivateKey => "EC PRIVATE KEY",
+        _ => "PRIVATE KEY",
+    };
+    Ok(ClusterCredential::Certificate {
+        chain_pem,
+        key_pem: pem_block(label, &key_der),
+    })
+}
+
+fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_pem() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["gatehouse".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_token_is_one_printable_word() {
+        assert_eq!(
+            parse("  abc.DEF-123_x\n").unwrap(),
+            ClusterCredential::Token("abc.DEF-123_x".into())
+        );
+        for bad in ["", " \n", "two words", "tab\there", "é", "a\u{1b}[31m"] {
+            let e = parse(bad).unwrap_err();
+            if !bad.trim().is_empty() {
+                assert!(!e.contains(bad.trim()), "{e}");
+            }
+        }
+        assert!(parse(&"x".repeat(MAX_TOKEN + 1)).is_err());
+    }
+
+    #[test]
+    fn a_certificate_needs_its_own_key() {
+        let (cert, key) = client_pem();
+        let c = parse(&format!("{cert}{key}")).unwrap();
+        assert_eq!(c.kind(), "certificate");
+        // Key first is fine too.
+        assert!(parse(&format!("{key}\n{cert}")).is_ok());
+        // No key, two keys, another certificate's key, garbage.
+        assert!(parse(&cert).is_err());
+        assert!(parse(&format!("{cert}{key}{key}")).is_err());
+        let (_, other_key) = client_pem();
+        let e = parse(&format!("{cert}{other_key}")).unwrap_err();
+        assert!(e.starts_with("invalid credential"), "{e}");
+        assert!(parse("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----").is_err());
+        // The secret is never quoted back.
+        assert!(!e.contains("PRIVATE KEY-----"), "{e}");
+    }
+}
