@@ -3,7 +3,7 @@
 use base64::Engine;
 use serde::Serialize;
 
-use super::grammar::{ClusterCmd, KubeconfigArgs};
+use super::grammar::{ClusterCmd, CredentialCmd, KubeconfigArgs};
 use super::{Ctx, Outcome_, Scope, confirm_or_refuse, done, text};
 use crate::model::{HostPort, Login, Name, parse_count, parse_gpu_type, quoted};
 use crate::operator::render_nodes;
@@ -31,6 +31,17 @@ pub struct EffectiveConfig {
     pub dashboard: Option<String>,
     pub node_user: String,
     pub kube_ca: Option<String>,
+    /// Whether the cluster's Kubernetes credential is set, and since when;
+    /// never the credential itself.
+    pub credential: CredentialState,
+}
+
+/// What may be said of a cluster's credential (`cluster credential set`).
+#[derive(Debug, Serialize)]
+pub struct CredentialState {
+    pub set: bool,
+    /// When it was set, as `format_time` writes it.
+    pub since: Option<String>,
 }
 
 /// The Kubernetes API address: the configured one, else the first node's
@@ -54,6 +65,10 @@ fn effective(cluster: &Cluster, nodes: &[Node]) -> EffectiveConfig {
         dashboard: cluster.dashboard.clone(),
         node_user: cluster.node_user.clone(),
         kube_ca: cluster.kube_ca.clone(),
+        credential: CredentialState {
+            set: cluster.credential_set_at.is_some(),
+            since: cluster.credential_set_at.map(format_time),
+        },
     }
 }
 
@@ -163,6 +178,13 @@ fn render_config(cfg: &EffectiveConfig) -> String {
         ("dashboard", or_dash(cfg.dashboard.as_deref())),
         ("node_user", cfg.node_user.clone()),
         ("kube_ca", or_dash(kube_ca.as_deref())),
+        (
+            "credential",
+            match &cfg.credential.since {
+                Some(t) => format!("set since {t}"),
+                None => "not set (cluster credential set CLUSTER, on stdin)".into(),
+            },
+        ),
     ];
     rows.iter().map(|(k, v)| format!("{k:<12} {v}\n")).collect()
 }
@@ -200,6 +222,7 @@ pub(super) async fn run(
             }
             text(t.render())
         }
+        ClusterCmd::Credential(c) => credential(ctx, scope, c, as_json, what).await,
         ClusterCmd::Show { cluster } => {
             let pid = ctx.authorize(scope, Action::ViewClusters, what)?;
             let c = store
@@ -409,6 +432,47 @@ async fn check_reachable(
     Ok(())
 }
 
+/// `cluster credential set|clear`: "modify cluster configurations". The
+/// credential comes on stdin and is never echoed, not even in an error.
+async fn credential(
+    ctx: &Ctx<'_>,
+    scope: &Scope,
+    cmd: &CredentialCmd,
+    as_json: bool,
+    what: &str,
+) -> Outcome_ {
+    let pid = ctx.authorize(scope, Action::ModifyClusterConfig, what)?;
+    match cmd {
+        CredentialCmd::Set { cluster } => {
+            let name = Name::parse("cluster", cluster)?;
+            let input = ctx.stdin.unwrap_or_default();
+            let credential = crate::kube::credential::parse(input).map_err(CmdError::Usage)?;
+            let c = ctx.store.cluster(pid, &name).await?;
+            ctx.store
+                .cluster_credential_set(c.id, &credential, &ctx.account.login)
+                .await?;
+            done(
+                format!(
+                    "cluster {name}: credential set ({}); kube requests through the gateway now use it",
+                    credential.kind()
+                ),
+                as_json,
+            )
+        }
+        CredentialCmd::Clear { cluster } => {
+            let name = Name::parse("cluster", cluster)?;
+            let c = ctx.store.cluster(pid, &name).await?;
+            ctx.store
+                .cluster_credential_clear(c.id, name.as_str())
+                .await?;
+            done(
+                format!("cluster {name}: credential cleared; kube requests fail until one is set"),
+                as_json,
+            )
+        }
+    }
+}
+
 pub(super) async fn node_list(
     ctx: &Ctx<'_>,
     scope: &Scope,
@@ -442,47 +506,77 @@ pub(super) async fn kubeconfig(
 ) -> Outcome_ {
     let pid = ctx.authorize(scope, Action::UseKubernetes, what)?;
     let name = Name::parse("cluster", &args.cluster)?;
-    let socks_port: u16 = match args.socks_port.parse() {
-        Ok(p) if p > 0 => p,
-        _ => {
-            return Err(CmdError::Usage(format!(
-                "invalid --socks-port {}: expected 1-65535",
-                quoted(&args.socks_port)
-            )));
-        }
+    let port = |flag: &str, v: &str| match v.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(CmdError::Usage(format!(
+            "invalid --{flag} {}: expected 1-65535",
+            quoted(v)
+        ))),
+    };
+    let via = match &args.local_port {
+        Some(p) => Via::Local(port("local-port", p)?),
+        None => Via::Socks(port("socks-port", &args.socks_port)?),
     };
     let c = ctx.store.cluster(pid, &name).await?;
-    let nodes = ctx.store.nodes_of_cluster(c.id).await?;
-    let api = kube_api_of(&c, &nodes).ok_or_else(|| {
-        CmdError::Failed(format!(
-            "cluster {name} has no nodes and no kube_api: set it with `cluster config {name} kube_api=HOST:PORT`"
-        ))
-    })?;
-    let api = HostPort::parse(&api)?;
-    let doc = kubeconfig_doc(&c, &api, socks_port, &ctx.account.login);
+    let doc = kubeconfig_doc(&c, ctx.kube_ca_pem, via, &ctx.account.login);
     if as_json {
         return text(json(&doc));
     }
-    text(to_yaml(&doc))
+    let tunnel = match via {
+        Via::Socks(p) => format!("ssh -N -D {p} {}@GATEWAY", ctx.account.login),
+        Via::Local(p) => format!(
+            "ssh -N -L {p}:kube.{}.{}:443 {}@GATEWAY",
+            c.name, c.project, ctx.account.login
+        ),
+    };
+    text(format!(
+        "# kubectl reaches cluster {}.{} through the gateway, as you: keep `{tunnel}` running.\n# The token below is a placeholder the gateway removes; your SSH session is your identity.\n{}",
+        c.name,
+        c.project,
+        to_yaml(&doc)
+    ))
 }
 
-/// The kubeconfig as a JSON value; kubectl reads JSON and YAML alike.
-fn kubeconfig_doc(c: &Cluster, api: &HostPort, socks_port: u16, login: &str) -> serde_json::Value {
+/// How kubectl reaches the gateway's Kubernetes front door.
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    /// `ssh -D PORT`: kubectl sends `kube.CLUSTER.PROJECT` to the SOCKS proxy.
+    Socks(u16),
+    /// `ssh -L PORT:kube.CLUSTER.PROJECT:443`: kubectl connects to
+    /// 127.0.0.1:PORT and checks the certificate for the real name.
+    Local(u16),
+}
+
+/// What the kubeconfig's user sends: kubectl asks for a username when a
+/// user has no credential at all (and fails without a terminal), so it
+/// gets this token, which the gateway strips from every request.
+pub const PLACEHOLDER_TOKEN: &str = "gatehouse-placeholder-not-a-credential";
+
+/// The kubeconfig as a JSON value; kubectl reads JSON and YAML alike. The
+/// server is the gateway's front door for the cluster, verified with the
+/// gateway's CA (`ca_pem`).
+fn kubeconfig_doc(c: &Cluster, ca_pem: &str, via: Via, login: &str) -> serde_json::Value {
     let ctx_name = format!("{}.{}", c.name, c.project);
-    let mut cluster = serde_json::json!({
-        "server": format!("https://kube.{}.{}:{}", c.name, c.project, api.port),
-        "proxy-url": format!("socks5://127.0.0.1:{socks_port}"),
-        "tls-server-name": api.host,
-    });
-    if let Some(ca) = &c.kube_ca {
-        cluster["certificate-authority-data"] = serde_json::Value::String(ca.clone());
-    }
+    let front = format!("kube.{}.{}", c.name, c.project);
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let cluster = match via {
+        Via::Socks(p) => serde_json::json!({
+            "server": format!("https://{front}:443"),
+            "proxy-url": format!("socks5://127.0.0.1:{p}"),
+            "certificate-authority-data": ca,
+        }),
+        Via::Local(p) => serde_json::json!({
+            "server": format!("https://127.0.0.1:{p}"),
+            "tls-server-name": front,
+            "certificate-authority-data": ca,
+        }),
+    };
     serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": ctx_name, "cluster": cluster}],
-        "users": [{"name": login, "user": {}}],
-        "contexts": [{"name": ctx_name, "context": {"cluster": ctx_name, "user": login}}],
+        "users": [{"name": login, "user": {"token": PLACEHOLDER_TOKEN}}],
+        "contexts": [{"name": ctx_name, "context": {"cluster": ctx_name, "user": login, "namespace": c.project}}],
         "current-context": ctx_name,
     })
 }

@@ -50,7 +50,7 @@ pub enum Cmd {
     /// Your own SSH keys: list, add, remove
     #[command(subcommand)]
     Key(KeyCmd),
-    /// Print a kubeconfig that reaches CLUSTER through `ssh -D`
+    /// Print a kubeconfig that reaches CLUSTER through `ssh -D` (or `ssh -L`)
     Kubeconfig(KubeconfigArgs),
     /// Live sessions on this gateway: list, kill
     #[command(subcommand)]
@@ -123,6 +123,23 @@ KEY= clears a key (node_user= goes back to ubuntu).")]
         #[arg(value_name = "KEY=VALUE")]
         settings: Vec<String>,
     },
+    /// The cluster's own Kubernetes credential (admin; write-only)
+    #[command(subcommand)]
+    Credential(CredentialCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialCmd {
+    /// Set the credential the gateway uses towards the cluster's API server:
+    /// a bearer token, or a PEM client certificate and its key, on stdin
+    #[command(
+        after_help = "The gateway impersonates each user with it (see the README's Kubernetes section). \
+It is never shown again: `cluster show` says only since when it is set.\n\
+Example: kubectl -n kube-system get secret gatehouse-token -o jsonpath='{.data.token}' | base64 -d | ssh gw cluster credential set CLUSTER"
+    )]
+    Set { cluster: String },
+    /// Remove the credential; kube requests then fail until one is set
+    Clear { cluster: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,6 +217,9 @@ pub struct KubeconfigArgs {
     /// Local port of your `ssh -D` SOCKS proxy
     #[arg(long, value_name = "N", default_value = "1080")]
     pub socks_port: String,
+    /// Instead of SOCKS: the local port of `ssh -L N:kube.CLUSTER.PROJECT:443`
+    #[arg(long, value_name = "N", conflicts_with = "socks_port")]
+    pub local_port: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

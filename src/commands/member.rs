@@ -84,6 +84,8 @@ pub(super) async fn run(
                 .store
                 .member_set_role(pid, account.id, &account.email, role)
                 .await?;
+            // Their Kubernetes front doors act with the old group: cut them.
+            ctx.sessions.nudge();
             done(
                 format!(
                     "{} is now {role} of project {} (was {old})",

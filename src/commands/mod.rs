@@ -76,6 +76,8 @@ pub struct Ctx<'a> {
     /// The operator's rules for what forwards may reach: values a project
     /// admin sets (`kube_api`, `dashboard`) are held to them.
     pub reach: &'a crate::reach::Rules,
+    /// The gateway's CA certificate (PEM), which `kubeconfig` hands out.
+    pub kube_ca_pem: &'a str,
 }
 
 /// The result of one command line.
@@ -220,6 +222,8 @@ fn label(cmd: &Cmd) -> &'static str {
             ClusterCmd::Scale { .. } => "cluster scale",
             ClusterCmd::Config { settings, .. } if settings.is_empty() => "cluster config",
             ClusterCmd::Config { .. } => "cluster config set",
+            ClusterCmd::Credential(CredentialCmd::Set { .. }) => "cluster credential set",
+            ClusterCmd::Credential(CredentialCmd::Clear { .. }) => "cluster credential clear",
         },
         Cmd::Node(_) => "node list",
         Cmd::Volume(c) => match c {
@@ -437,7 +441,10 @@ fn target_of(cmd: &Cmd) -> String {
             | ClusterCmd::Create { cluster, .. }
             | ClusterCmd::Delete { cluster, .. }
             | ClusterCmd::Scale { cluster, .. }
-            | ClusterCmd::Config { cluster, .. },
+            | ClusterCmd::Config { cluster, .. }
+            | ClusterCmd::Credential(
+                CredentialCmd::Set { cluster } | CredentialCmd::Clear { cluster },
+            ),
         ) => cluster.clone(),
         Cmd::Kubeconfig(a) => a.cluster.clone(),
         Cmd::Volume(

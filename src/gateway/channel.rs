@@ -17,7 +17,8 @@ use crate::commands::grammar::completions;
 use crate::commands::{Ctx, MAX_LINE, Response, decode_line, execute, split_line};
 use crate::output::CmdError;
 
-/// Public keys arrive on stdin for `key add`; nothing legitimate is larger.
+/// Public keys (`key add`) and cluster credentials (`cluster credential
+/// set`) arrive on stdin; nothing legitimate is larger.
 const MAX_STDIN: usize = 64 * 1024;
 const STDIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -85,6 +86,7 @@ fn ctx<'a>(
         stdin,
         sessions: conn.shared.registry.as_ref(),
         reach: &conn.shared.reach,
+        kube_ca_pem: conn.shared.kube.cert_pem(),
     }
 }
 
@@ -131,8 +133,8 @@ async fn exec(conn: &ConnCtx, channel: &mut Io, command: &[u8], width: Option<u3
             return write_error(channel, &e, tty).await;
         }
     };
-    let stdin = if reads_key_from_stdin(&words) {
-        match read_stdin(channel).await {
+    let stdin = if let Some(what) = reads_stdin(&words) {
+        match read_stdin(channel, what).await {
             Ok(s) => Some(s),
             Err(e) => return write_error(channel, &e, tty).await,
         }
@@ -156,8 +158,9 @@ async fn exec(conn: &ConnCtx, channel: &mut Io, command: &[u8], width: Option<u3
     r.code
 }
 
-/// `key add` with no key in its arguments takes the key from stdin.
-fn reads_key_from_stdin(words: &[String]) -> bool {
+/// What a command reads from stdin, if it does: `key add` with no key in
+/// its arguments takes the key, `cluster credential set` the credential.
+fn reads_stdin(words: &[String]) -> Option<&'static str> {
     let mut rest = Vec::new();
     let mut it = words.iter();
     while let Some(w) = it.next() {
@@ -170,7 +173,11 @@ fn reads_key_from_stdin(words: &[String]) -> bool {
             w => rest.push(w),
         }
     }
-    rest == ["key", "add"]
+    match rest.as_slice() {
+        ["key", "add"] => Some("public key"),
+        ["cluster", "credential", "set", _] => Some("credential"),
+        _ => None,
+    }
 }
 
 fn cancelled() -> Response {
@@ -202,8 +209,9 @@ async fn read_answer(channel: &mut Io, editor: &mut LineEditor) -> bool {
     }
 }
 
-/// Collects stdin up to EOF, bounded in size and time.
-async fn read_stdin(channel: &mut Io) -> Result<String, CmdError> {
+/// Collects stdin up to EOF, bounded in size and time; `what` names what
+/// is expected there in errors.
+async fn read_stdin(channel: &mut Io, what: &str) -> Result<String, CmdError> {
     let mut buf = Vec::new();
     let read = async {
         loop {
@@ -211,7 +219,7 @@ async fn read_stdin(channel: &mut Io) -> Result<String, CmdError> {
                 Some(ChannelMsg::Data { data }) => {
                     buf.extend_from_slice(&data);
                     if buf.len() > MAX_STDIN {
-                        return Err(CmdError::Usage("input too large to be a public key".into()));
+                        return Err(CmdError::Usage(format!("input too large to be a {what}")));
                     }
                 }
                 Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return Ok(()),
@@ -223,12 +231,16 @@ async fn read_stdin(channel: &mut Io) -> Result<String, CmdError> {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),
         Err(_) => {
-            return Err(CmdError::Usage(
-                "no public key on stdin: pipe it, e.g. `ssh GW key add < id_ed25519.pub`".into(),
-            ));
+            let example = match what {
+                "credential" => "`ssh GW cluster credential set CLUSTER < token`",
+                _ => "`ssh GW key add < id_ed25519.pub`",
+            };
+            return Err(CmdError::Usage(format!(
+                "no {what} on stdin within 60 s: pipe it, e.g. {example}"
+            )));
         }
     }
-    String::from_utf8(buf).map_err(|_| CmdError::Usage("the key on stdin is not text".into()))
+    String::from_utf8(buf).map_err(|_| CmdError::Usage(format!("the {what} on stdin is not text")))
 }
 
 /// A shell without a terminal (`ssh gw < script`): each line is a command;
