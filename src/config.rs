@@ -21,6 +21,29 @@ pub struct Config {
     pub metrics: Metrics,
     pub forwarding: Forwarding,
     pub nodes: Nodes,
+    pub kube: Kube,
+}
+
+/// The Kubernetes front door (`kube.CLUSTER.PROJECT`): the gateway's own CA,
+/// whose certificates kubectl verifies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Kube {
+    /// The CA's private key (PEM); created with mode 0600 on first start.
+    /// Replicas behind one name share it, as they share the host key.
+    pub ca_key: PathBuf,
+    /// The CA's certificate (PEM), which `kubeconfig` hands out; made from
+    /// the key when missing.
+    pub ca_cert: PathBuf,
+}
+
+impl Default for Kube {
+    fn default() -> Self {
+        Kube {
+            ca_key: "../data/kube_ca.key".into(),
+            ca_cert: "../data/kube_ca.crt".into(),
+        }
+    }
 }
 
 /// How nodes reach the gateway to ask who may log in (`node enroll`).
@@ -340,6 +363,8 @@ impl Config {
     fn resolve(&mut self, base: &Path) -> Result<()> {
         let abs = |p: &Path| -> PathBuf { normalize(&base.join(p)) };
         self.server.host_key = abs(&self.server.host_key);
+        self.kube.ca_key = abs(&self.kube.ca_key);
+        self.kube.ca_cert = abs(&self.kube.ca_cert);
         if let Some(rest) = self.database.url.strip_prefix("sqlite://") {
             let (file, query) = match rest.split_once('?') {
                 Some((f, q)) => (f, Some(q)),

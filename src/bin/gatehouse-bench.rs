@@ -263,7 +263,7 @@ async fn start_gatehouse(
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nhost_key = \"host_key\"\n[database]\nurl = \"sqlite://gatehouse.db\"\n\
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nhost_key = \"host_key\"\n[database]\nurl = \"sqlite://gatehouse.db\"\n[kube]\nca_key = \"kube_ca.key\"\nca_cert = \"kube_ca.crt\"\n\
              [limits]\nmax_sessions_per_account = 100000\nmax_connections = 100000\npenalty_after_failures = 1000000\nmax_startups = \"100000\"\nper_source_max_startups = 0\nmax_channels_per_account = 1000000\n\
              [log]\nlevel = \"warn\"\n"
         ),

@@ -113,34 +113,21 @@ pub async fn run(
             }
         }
     };
-    let timeout = conn.shared.config.limits.connect_timeout;
-    let addr = resolved.connect.to_string();
-    let hosts: Vec<String> = resolved
-        .cluster_nodes
-        .iter()
-        .map(|(_, h)| h.clone())
-        .collect();
-    let facts = match Facts::gather(&conn.shared.store, resolved.connect.port, &hosts).await {
-        Ok(f) => f,
-        Err(e) => {
-            let why = format!("cannot check the destination ({e})");
-            return refuse(&conn, Some(&resolved), &shown, &why, reply).await;
-        }
-    };
-    let dest = facts.destination(
-        &conn.shared.reach,
-        resolved.action,
-        resolved.node.as_deref(),
-        resolved.sshd_port,
-    );
-    let connecting = crate::net::connect_checked(
-        &resolved.connect.host,
-        resolved.connect.port,
-        timeout,
-        |a| dest.check(a),
-    );
+    if resolved.action == crate::policy::Action::UseKubernetes {
+        // The gateway answers kube.CLUSTER itself, as the user.
+        reply.accept().await;
+        drop(opening);
+        tracing::info!(account = %conn.account.login, source = %conn.source, target = %shown, "kube front door opened");
+        let _open = conn.shared.metrics.forward_open();
+        let end =
+            super::kube_door::serve(&conn, channel, &resolved, &cancel, counters.clone()).await;
+        super::memory::note_churn();
+        tracing::info!(account = %conn.account.login, target = %shown, "kube front door {end}");
+        audit(&conn, Some(&resolved), &shown, Outcome::Ok, &end).await;
+        return;
+    }
     let connected = tokio::select! {
-        c = connecting => c,
+        c = dial(&conn, &resolved) => c,
         _ = cancel.cancelled() => {
             let why = "access revoked while the forward was connecting";
             return refuse(&conn, Some(&resolved), &shown, why, reply).await;
@@ -148,11 +135,11 @@ pub async fn run(
     };
     let (stream, reached) = match connected {
         Ok(c) => c,
-        Err(crate::net::ConnectError::Forbidden(why)) => {
+        Err(Dial::Refused(why)) => {
             return refuse(&conn, Some(&resolved), &shown, &why, reply).await;
         }
-        Err(e) => {
-            let why = format!("cannot connect to {shown} ({addr}): {e}");
+        Err(Dial::Failed(e)) => {
+            let why = format!("cannot connect to {shown} ({}): {e}", resolved.connect);
             audit(&conn, Some(&resolved), &shown, Outcome::Failed, &why).await;
             // Code 2 with our own description: the OpenSSH client prints
             // "open failed: connect failed: <why>".
@@ -206,6 +193,49 @@ pub async fn run(
     .await;
 }
 
+/// Why [`dial`] did not connect.
+pub(crate) enum Dial {
+    /// The destination is not allowed (the operator's rules); nothing was
+    /// connected.
+    Refused(String),
+    /// It could not be reached.
+    Failed(String),
+}
+
+/// Connects to `resolved`'s address, held to the operator's rules on every
+/// address it resolves to ([`crate::reach`]), within `limits.connect_timeout`.
+/// Returns the stream and the address reached.
+pub(crate) async fn dial(
+    conn: &ConnCtx,
+    resolved: &Resolved,
+) -> Result<(TcpStream, std::net::SocketAddr), Dial> {
+    let hosts: Vec<String> = resolved
+        .cluster_nodes
+        .iter()
+        .map(|(_, h)| h.clone())
+        .collect();
+    let facts = Facts::gather(&conn.shared.store, resolved.connect.port, &hosts)
+        .await
+        .map_err(|e| Dial::Refused(format!("cannot check the destination ({e})")))?;
+    let dest = facts.destination(
+        &conn.shared.reach,
+        resolved.action,
+        resolved.node.as_deref(),
+        resolved.sshd_port,
+    );
+    crate::net::connect_checked(
+        &resolved.connect.host,
+        resolved.connect.port,
+        conn.shared.config.limits.connect_timeout,
+        |a| dest.check(a),
+    )
+    .await
+    .map_err(|e| match e {
+        crate::net::ConnectError::Forbidden(why) => Dial::Refused(why),
+        e => Dial::Failed(e.to_string()),
+    })
+}
+
 /// Refuses an open as administratively prohibited, saying why, and audits
 /// it; nothing was connected.
 async fn refuse(
@@ -253,6 +283,12 @@ async fn node_at(r: &Resolved) -> Option<String> {
 
 async fn resolve(conn: &ConnCtx, host: &str, port: u32) -> Result<Resolved, String> {
     let target = Target::parse(host, port).map_err(|e| e.0)?;
+    resolve_target(conn, &target).await
+}
+
+/// Resolves `target` against the account's memberships, clusters and nodes
+/// as they are now, with the policy's decision.
+pub(crate) async fn resolve_target(conn: &ConnCtx, target: &Target) -> Result<Resolved, String> {
     let store = &conn.shared.store;
     // Membership is read afresh at every open: never cached past a change.
     let lookups = async {

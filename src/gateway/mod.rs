@@ -11,6 +11,7 @@ mod channel_io;
 mod forward;
 mod handler;
 mod killable;
+mod kube_door;
 pub mod line_editor;
 mod memory;
 mod node_channel;
@@ -44,6 +45,8 @@ pub struct Shared {
     pub reach: crate::reach::Rules,
     /// `nodes.login_from`: the gateway's addresses as nodes see them.
     pub login_from: Vec<std::net::IpAddr>,
+    /// The CA of the Kubernetes front door.
+    pub kube: Arc<crate::kube::Authority>,
 }
 
 /// An accepted connection on its way to a worker, with what it holds: its
@@ -231,6 +234,7 @@ struct Common {
     ssh_config: Arc<russh::server::Config>,
     reach: crate::reach::Rules,
     login_from: Vec<std::net::IpAddr>,
+    kube: Arc<crate::kube::Authority>,
 }
 
 fn start_worker(
@@ -245,11 +249,12 @@ fn start_worker(
         common.metrics.clone(),
         common.penalties.clone(),
     );
-    let (config, ssh_config, reach, login_from) = (
+    let (config, ssh_config, reach, login_from, kube) = (
         common.config.clone(),
         common.ssh_config.clone(),
         common.reach.clone(),
         common.login_from.clone(),
+        common.kube.clone(),
     );
     let thread = std::thread::Builder::new()
         .name(format!("gatehouse-{index}"))
@@ -278,6 +283,7 @@ fn start_worker(
                     config,
                     reach,
                     login_from,
+                    kube,
                 });
                 let _ = ready.send(Ok(()));
                 let mut exit = exit;
@@ -383,6 +389,10 @@ pub async fn serve(config: Config) -> Result<()> {
         ssh_config: Arc::new(russh_config(&config, key)),
         reach,
         login_from: config.nodes.login_from()?,
+        kube: Arc::new(crate::kube::Authority::load_or_create(
+            &config.kube.ca_key,
+            &config.kube.ca_cert,
+        )?),
     };
     let count = match config.server.workers {
         0 => std::thread::available_parallelism()

@@ -65,6 +65,7 @@ impl LiveChannel {
                 self.action,
                 Some(Action::UseKubernetes | Action::AccessDashboard)
             ),
+            kube: self.kind == ChannelKind::Forward && self.action == Some(Action::UseKubernetes),
             project: self.project.as_deref(),
             cluster: self.cluster.as_deref(),
             node: self.node.as_deref(),
