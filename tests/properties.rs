@@ -165,6 +165,8 @@ const COMMAND_PATHS: &[&str] = &[
     "key add",
     "key remove",
     "kubeconfig",
+    "cluster credential set",
+    "cluster credential clear",
     "session list",
     "session kill",
     "audit",
@@ -529,6 +531,7 @@ fn command_execution() {
                 stdin: None,
                 sessions: &sessions,
                 reach: &reach,
+                kube_ca_pem: "",
             };
             let r = rt.block_on(execute(&ctx, &words, false));
             match &r.stderr {
@@ -1196,6 +1199,7 @@ const SECTION_KEYS: &[(&str, &[&str])] = &[
     ("log", &["format", "level"]),
     ("metrics", &["listen"]),
     ("forwarding", &["api_allow", "node_ports"]),
+    ("kube", &["ca_key", "ca_cert"]),
 ];
 
 const ODD_SECTIONS: &[&str] = &["Server", "server.tls", "[server]", "\"server\"", "", "nope"];

@@ -40,7 +40,7 @@ fn the_readmes_first_command_runs_the_gateway() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nhost_key = \"host_ed25519\"\n[database]\nurl = \"sqlite://gatehouse.db\"\n"
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nhost_key = \"host_ed25519\"\n[database]\nurl = \"sqlite://gatehouse.db\"\n[kube]\nca_key = \"kube_ca.key\"\nca_cert = \"kube_ca.crt\"\n"
         ),
     )
     .unwrap();

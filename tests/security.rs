@@ -171,14 +171,16 @@ fn project_admins_cannot_point_the_api_anywhere() {
         "unchanged: {cfg}"
     );
 
-    // Allowed when set; refused at connect once the world changed.
+    // Allowed when set; refused at connect once the world changed. (The
+    // dashboard is piped as bytes; the Kubernetes front door dials the
+    // API server under the same rules, see tests/kube.rs.)
     let api = common::echo_server();
-    set(&format!("kube_api=127.0.0.1:{api}")).ok();
-    let r = stdio_forward(&w.gw, "bob", &w.bob, "kube.c1:443", b"hello\n");
+    set(&format!("dashboard=127.0.0.1:{api}")).ok();
+    let r = stdio_forward(&w.gw, "bob", &w.bob, "dashboard.c1:443", b"hello\n");
     assert_eq!(r.stdout, "hello\n", "{r:?}");
     w.gw.cli(&["node", "register", "late", &format!("127.0.0.1:{api}")])
         .ok();
-    let r = stdio_forward(&w.gw, "bob", &w.bob, "kube.c1:443", b"hello\n");
+    let r = stdio_forward(&w.gw, "bob", &w.bob, "dashboard.c1:443", b"hello\n");
     assert_ne!(r.code, 0);
     assert!(
         r.stderr.contains("administratively prohibited")
@@ -410,12 +412,12 @@ fn api_forwards_end_when_their_node_leaves_or_their_address_changes() {
         "cluster",
         "config",
         "c1",
-        &format!("kube_api=127.0.0.2:{api}"),
+        &format!("dashboard=127.0.0.2:{api}"),
     ])
     .ok();
     let live = |w: &World| -> Child {
         let mut c = w.gw.ssh_cmd("bob", &w.bob);
-        c.args(["-W", "kube.c1:443"])
+        c.args(["-W", "dashboard.c1:443"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -442,7 +444,7 @@ fn api_forwards_end_when_their_node_leaves_or_their_address_changes() {
         "cluster",
         "config",
         "c1",
-        &format!("kube_api=127.0.0.2:{api2}"),
+        &format!("dashboard=127.0.0.2:{api2}"),
     ])
     .ok();
     assert!(common::wait_exit(&mut fwd, Duration::from_secs(3)).is_some());
@@ -1017,11 +1019,11 @@ fn an_api_address_however_spelled_ends_with_its_node() {
         "cluster",
         "config",
         "c1",
-        &format!("kube_api=LOCALHOST:{api}"),
+        &format!("dashboard=LOCALHOST:{api}"),
     ])
     .ok();
     let mut c = w.gw.ssh_cmd("bob", &w.bob);
-    c.args(["-W", "kube.c1:443"])
+    c.args(["-W", "dashboard.c1:443"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());

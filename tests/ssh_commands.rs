@@ -166,15 +166,39 @@ fn admin_manages_clusters_volumes_and_members() {
 
     // Kubeconfig, both roles.
     let kc = w.bob(&["kubeconfig", "c1"]).ok().stdout.clone();
-    assert!(
-        kc.contains("server: \"https://kube.c1.train:6443\""),
-        "{kc}"
-    );
+    // The gateway is the server (its own CA), whatever kube_api is.
+    assert!(kc.contains("server: \"https://kube.c1.train:443\""), "{kc}");
     assert!(
         kc.contains("proxy-url: \"socks5://127.0.0.1:1080\""),
         "{kc}"
     );
-    assert!(kc.contains("tls-server-name: \"10.9.0.1\""), "{kc}");
+    assert!(kc.contains("certificate-authority-data: "), "{kc}");
+    assert!(!kc.contains("10.9.0.1"), "{kc}");
+    assert!(kc.starts_with("# "), "says which ssh command to run: {kc}");
+    let local = w
+        .bob(&["kubeconfig", "c1", "--local-port", "6443", "--json"])
+        .ok()
+        .json();
+    assert_eq!(
+        local["clusters"][0]["cluster"]["server"],
+        "https://127.0.0.1:6443"
+    );
+    assert_eq!(
+        local["clusters"][0]["cluster"]["tls-server-name"],
+        "kube.c1.train"
+    );
+    assert!(local["clusters"][0]["cluster"].get("proxy-url").is_none());
+    w.bob(&["kubeconfig", "c1", "--local-port", "0"])
+        .fails(2, "--local-port");
+    w.bob(&[
+        "kubeconfig",
+        "c1",
+        "--local-port",
+        "6443",
+        "--socks-port",
+        "1",
+    ])
+    .fails(2, "cannot be used with");
     let kj = w
         .bob(&["kubeconfig", "c1", "--socks-port", "1081", "--json"])
         .ok()
@@ -325,6 +349,8 @@ fn member_may_look_but_not_change() {
         &["member", "role", "alice@example.com", "member"],
         &["audit"],
         &["session", "kill", "x-1"],
+        &["cluster", "credential", "set", "c1"],
+        &["cluster", "credential", "clear", "c1"],
     ] {
         let r = w.bob(args);
         r.fails(3, "needs the admin role in project train");
@@ -339,7 +365,7 @@ fn member_may_look_but_not_change() {
         .iter()
         .filter(|e| e["actor"] == "bob" && e["outcome"] == "denied")
         .count();
-    assert_eq!(denied, 13);
+    assert_eq!(denied, 15);
 }
 
 #[test]
@@ -368,6 +394,8 @@ fn strangers_cannot_tell_a_project_exists() {
         &["session", "list"],
         &["session", "kill", "x-1"],
         &["audit"],
+        &["cluster", "credential", "set", "c1"],
+        &["cluster", "credential", "clear", "c1"],
     ] {
         let mut real = vec!["-p", "train"];
         real.extend_from_slice(args);

@@ -303,7 +303,7 @@ impl Gateway {
             .map(str::to_string)
             .unwrap_or_else(|| "sqlite://data/gatehouse.db".into());
         let mut toml = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nhost_key = \"data/host_ed25519\"\nshutdown_grace = \"3s\"\n\n[database]\nurl = \"{db}\"\n"
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nhost_key = \"data/host_ed25519\"\nshutdown_grace = \"3s\"\n\n[database]\nurl = \"{db}\"\n\n[kube]\nca_key = \"data/kube_ca.key\"\nca_cert = \"data/kube_ca.crt\"\n"
         );
         if !extra_toml.contains("[limits]") {
             // Tests connect and fail on purpose, fast: only the tests of

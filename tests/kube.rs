@@ -1,0 +1,671 @@
+//! The Kubernetes front door (issue #13) with the real `kubectl` through the
+//! real OpenSSH client (`ssh -D` and `ssh -L`), against a fake API server
+//! that speaks real TLS, checks the gateway's credential and records every
+//! request's headers (tests/fixtures/fake_kube_api.py).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Gateway, Key, Run};
+
+/// The gateway's own credential towards the fake API server.
+const TOKEN: &str = "gw-secret-4f1c9a7e2b8d6035";
+
+struct World {
+    gw: Gateway,
+    alice: Key,
+    bob: Key,
+    api: Child,
+    /// Every command's output, to search for the credential at the end.
+    seen: std::cell::RefCell<String>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.api.kill();
+        let _ = self.api.wait();
+    }
+}
+
+fn dir(w: &World) -> &Path {
+    w.gw.dir.path()
+}
+
+fn sh(dir: &Path, script: &str) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// train (alice admin, bob member) has cluster c1 on a node at 127.0.0.1,
+/// whose API is the fake on 127.0.0.1; kube_api and kube_ca are set, the
+/// credential is not.
+fn world() -> Option<World> {
+    for tool in ["ssh", "kubectl", "python3", "openssl"] {
+        if !common::have(tool) {
+            return None;
+        }
+    }
+    let mut gw = Gateway::new("");
+    let alice = gw.account("alice@example.com");
+    let bob = gw.account("bob@example.com");
+    gw.cli(&["project", "create", "train", "--admin", "alice@example.com"])
+        .ok();
+    let node_port = common::free_port();
+    gw.cli(&[
+        "node",
+        "register",
+        "node-1",
+        &format!("127.0.0.1:{node_port}"),
+    ])
+    .ok();
+    gw.start();
+    let d = gw.dir.path().to_path_buf();
+    // The API server's CA and certificate, and a client CA for the
+    // certificate credential.
+    sh(
+        &d,
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=test-ca 2>/dev/null \
+         && openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout api.key -out api.csr -subj /CN=kube-api 2>/dev/null \
+         && printf 'subjectAltName=IP:127.0.0.1\\n' > san.ext \
+         && openssl x509 -req -in api.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out api.crt -days 2 -extfile san.ext 2>/dev/null \
+         && openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout client.key -out client.csr -subj /CN=gatehouse 2>/dev/null \
+         && printf 'extendedKeyUsage=clientAuth\\n' > client.ext \
+         && openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.crt -days 2 -extfile client.ext 2>/dev/null",
+    );
+    std::fs::write(d.join("token"), TOKEN).unwrap();
+    let api_port = common::free_port();
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/fake_kube_api.py"
+    );
+    let api = Command::new("python3")
+        .arg(fixture)
+        .args(["--port", &api_port.to_string()])
+        .arg("--cert")
+        .arg(d.join("api.crt"))
+        .arg("--key")
+        .arg(d.join("api.key"))
+        .arg("--token-file")
+        .arg(d.join("token"))
+        .arg("--client-ca")
+        .arg(d.join("ca.crt"))
+        .arg("--record")
+        .arg(d.join("record.jsonl"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let w = World {
+        gw,
+        alice,
+        bob,
+        api,
+        seen: Default::default(),
+    };
+    assert!(common::wait_port(api_port, Duration::from_secs(10)));
+    w.ssh("alice", &["member", "add", "bob@example.com"]).ok();
+    w.ssh("alice", &["cluster", "create", "c1", "--nodes", "1"])
+        .ok();
+    use base64::Engine;
+    let ca =
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(d.join("ca.crt")).unwrap());
+    w.ssh(
+        "alice",
+        &[
+            "cluster",
+            "config",
+            "c1",
+            &format!("kube_api=127.0.0.1:{api_port}"),
+            &format!("kube_ca={ca}"),
+        ],
+    )
+    .ok();
+    Some(w)
+}
+
+impl World {
+    fn key(&self, login: &str) -> &Key {
+        if login == "alice" {
+            &self.alice
+        } else {
+            &self.bob
+        }
+    }
+
+    fn note(&self, r: &Run) {
+        let mut seen = self.seen.borrow_mut();
+        seen.push_str(&r.stdout);
+        seen.push_str(&r.stderr);
+    }
+
+    fn ssh(&self, login: &str, args: &[&str]) -> Run {
+        let r = self.gw.ssh(login, self.key(login), args);
+        self.note(&r);
+        r
+    }
+
+    fn ssh_stdin(&self, login: &str, args: &[&str], stdin: &[u8]) -> Run {
+        let r = self.gw.ssh_stdin(login, self.key(login), args, Some(stdin));
+        self.note(&r);
+        r
+    }
+
+    /// `ssh -N ARGS` for `login`, once its local port answers.
+    fn tunnel(&self, login: &str, args: &[&str], port: u16) -> Tunnel {
+        let mut c = self.gw.ssh_cmd(login, self.key(login));
+        c.arg("-N").args(args);
+        let child = c
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(
+            common::wait_port(port, Duration::from_secs(10)),
+            "tunnel {args:?}"
+        );
+        Tunnel(child)
+    }
+
+    /// `login`'s kubeconfig (from `kubeconfig c1 EXTRA`) in a file of its own.
+    fn kubeconfig(&self, login: &str, extra: &[&str]) -> PathBuf {
+        let mut args = vec!["kubeconfig", "c1"];
+        args.extend_from_slice(extra);
+        let r = self.ssh(login, &args);
+        r.ok();
+        let path = dir(self).join(format!("kubeconfig-{login}-{}", extra.join("-")));
+        std::fs::write(&path, &r.stdout).unwrap();
+        path
+    }
+
+    fn kubectl_cmd(&self, kubeconfig: &Path, args: &[&str]) -> Command {
+        let home = dir(self).join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let mut k = Command::new("kubectl");
+        k.env("HOME", &home)
+            .env_remove("KUBECONFIG")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--request-timeout", "20s"])
+            .args(args);
+        k
+    }
+
+    fn kubectl(&self, kubeconfig: &Path, args: &[&str]) -> Run {
+        let r = common::run(&mut self.kubectl_cmd(kubeconfig, args));
+        self.note(&r);
+        r
+    }
+
+    fn kubectl_stdin(&self, kubeconfig: &Path, args: &[&str], stdin: &[u8]) -> Run {
+        let mut k = self.kubectl_cmd(kubeconfig, args);
+        let o = common::run_with_timeout(&mut k, Some(stdin), Duration::from_secs(60));
+        let r = Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        };
+        self.note(&r);
+        r
+    }
+
+    /// What the API server received, in order.
+    fn record(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir(self).join("record.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn audit(&self) -> Vec<serde_json::Value> {
+        let r = self.gw.cli(&["audit", "--limit", "1000", "--json"]);
+        self.note(&r);
+        r.ok().json().as_array().cloned().unwrap_or_default()
+    }
+
+    fn set_token(&self) {
+        let r = self.ssh_stdin(
+            "alice",
+            &["cluster", "credential", "set", "c1"],
+            format!("{TOKEN}\n").as_bytes(),
+        );
+        r.ok();
+        assert!(r.stdout.contains("credential set (token)"), "{r:?}");
+    }
+}
+
+struct Tunnel(Child);
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn header<'a>(req: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
+    req["headers"][name]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default()
+}
+
+fn user(req: &serde_json::Value) -> Option<&str> {
+    header(req, "impersonate-user").first().copied()
+}
+
+/// Requests the API server got for `path` as `email`.
+fn requests_as<'a>(
+    record: &'a [serde_json::Value],
+    email: &str,
+    path: &str,
+) -> Vec<&'a serde_json::Value> {
+    record
+        .iter()
+        .filter(|r| user(r) == Some(email) && r["path"].as_str() == Some(path))
+        .collect()
+}
+
+const PODS: &str = "/api/v1/namespaces/train/pods";
+
+#[test]
+fn kubectl_as_yourself_through_socks_and_a_local_forward() {
+    let Some(w) = world() else { return };
+
+    // Without the cluster's credential, kubectl is told what fixes it.
+    let socks = common::free_port();
+    let alice_kc = w.kubeconfig("alice", &["--socks-port", &socks.to_string()]);
+    let kc_text = std::fs::read_to_string(&alice_kc).unwrap();
+    assert!(kc_text.contains("https://kube.c1.train:443"), "{kc_text}");
+    assert!(
+        kc_text.contains(&format!("socks5://127.0.0.1:{socks}")),
+        "{kc_text}"
+    );
+    let _alice_tunnel = w.tunnel("alice", &["-D", &socks.to_string()], socks);
+    let r = w.kubectl(&alice_kc, &["get", "pods"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("cluster credential set c1"), "{r:?}");
+    assert!(
+        w.record().is_empty(),
+        "nothing reaches the API server without the credential"
+    );
+
+    // A member may not set it; the admin does, and it is never shown again.
+    let denied = w.ssh_stdin(
+        "bob",
+        &["cluster", "credential", "set", "c1"],
+        TOKEN.as_bytes(),
+    );
+    denied.fails(3, "permission denied");
+    w.set_token();
+    let show = w.ssh("bob", &["cluster", "show", "c1"]);
+    show.ok();
+    assert!(show.stdout.contains("credential   set since"), "{show:?}");
+    let cfg = w.ssh("bob", &["cluster", "config", "c1", "--json"]);
+    assert_eq!(cfg.ok().json()["credential"]["set"], true);
+
+    // alice through `ssh -D`, forging another identity: the API server
+    // sees only the gateway's credential and alice as the admin she is.
+    let r = w.kubectl(
+        &alice_kc,
+        &[
+            "--token",
+            "forged-token",
+            "--as",
+            "root",
+            "--as-group",
+            "system:masters",
+            "get",
+            "pods",
+        ],
+    );
+    r.ok();
+    assert!(r.stdout.contains("trainer-0"), "{r:?}");
+    let record = w.record();
+    let alice_list = requests_as(&record, "alice@example.com", PODS);
+    assert!(!alice_list.is_empty(), "{record:?}");
+    for req in &alice_list {
+        assert_eq!(req["auth"], "token", "{req}");
+        assert_eq!(
+            header(req, "impersonate-group"),
+            ["gatehouse:train:admin", "gatehouse:authenticated"],
+            "{req}"
+        );
+        assert_eq!(
+            header(req, "impersonate-extra-gatehouse-session").len(),
+            1,
+            "{req}"
+        );
+    }
+    for req in &record {
+        let text = req.to_string();
+        assert!(!text.contains("forged-token"), "{text}");
+        assert!(!text.contains(PLACEHOLDER), "{text}");
+        assert!(!text.contains("system:masters"), "{text}");
+        assert_ne!(user(req), Some("root"), "{text}");
+    }
+
+    // bob through `ssh -L` with the kubeconfig's local mode: a member.
+    let local = common::free_port();
+    let bob_kc = w.kubeconfig("bob", &["--local-port", &local.to_string()]);
+    let kc_text = std::fs::read_to_string(&bob_kc).unwrap();
+    assert!(
+        kc_text.contains(&format!("https://127.0.0.1:{local}")),
+        "{kc_text}"
+    );
+    assert!(kc_text.contains("tls-server-name"), "{kc_text}");
+    let _bob_tunnel = w.tunnel("bob", &["-L", &format!("{local}:kube.c1.train:443")], local);
+    w.kubectl(&bob_kc, &["get", "pods"]).ok();
+    let record = w.record();
+    let bob_list = requests_as(&record, "bob@example.com", PODS);
+    assert!(!bob_list.is_empty(), "{record:?}");
+    for req in &bob_list {
+        assert_eq!(
+            header(req, "impersonate-group"),
+            ["gatehouse:train:member", "gatehouse:authenticated"]
+        );
+    }
+
+    // exec streams both ways over the v5 WebSocket; logs -f streams.
+    let r = w.kubectl(&bob_kc, &["exec", "trainer-0", "--", "echo", "hi"]);
+    r.ok();
+    assert!(r.stdout.contains("ran: echo hi"), "{r:?}");
+    let r = w.kubectl_stdin(
+        &bob_kc,
+        &["exec", "-i", "trainer-0", "--", "cat"],
+        b"hello through the gateway\n",
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("hello through the gateway"), "{r:?}");
+    let mut logs = w
+        .kubectl_cmd(&bob_kc, &["logs", "-f", "trainer-0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = first_lines(&mut logs, 3, Duration::from_secs(15));
+    let _ = logs.kill();
+    let _ = logs.wait();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines.iter().all(|l| l.starts_with("log line")), "{lines:?}");
+
+    // A promotion changes the group on the next request.
+    w.ssh("alice", &["member", "role", "bob@example.com", "admin"])
+        .ok();
+    let before = w.record().len();
+    w.kubectl(&bob_kc, &["get", "pods"]).ok();
+    let record = w.record();
+    let after: Vec<_> = record[before..]
+        .iter()
+        .filter(|r| user(r) == Some("bob@example.com"))
+        .collect();
+    assert!(!after.is_empty());
+    for req in after {
+        assert_eq!(header(req, "impersonate-group")[0], "gatehouse:train:admin");
+    }
+
+    // The same works with a client certificate as the credential.
+    let pem = format!(
+        "{}{}",
+        std::fs::read_to_string(dir(&w).join("client.crt")).unwrap(),
+        std::fs::read_to_string(dir(&w).join("client.key")).unwrap()
+    );
+    let r = w.ssh_stdin(
+        "alice",
+        &["cluster", "credential", "set", "c1"],
+        pem.as_bytes(),
+    );
+    r.ok();
+    assert!(r.stdout.contains("credential set (certificate)"), "{r:?}");
+    let before = w.record().len();
+    w.kubectl(&alice_kc, &["get", "pods"]).ok();
+    let record = w.record();
+    let with_cert: Vec<_> = record[before..].iter().collect();
+    assert!(!with_cert.is_empty());
+    for req in with_cert {
+        assert_eq!(req["auth"], "cert:gatehouse", "{req}");
+        assert!(header(req, "authorization").is_empty(), "{req}");
+    }
+
+    // Every request is audited with its verb, path and status; exec with
+    // its pod and duration.
+    let audit = w.audit();
+    assert!(
+        audit.iter().any(|e| e["action"] == "kube"
+            && e["actor"] == "bob"
+            && e["project"] == "train"
+            && e["args"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("list /api/v1/namespaces/train/pods")
+            && e["detail"].as_str().unwrap_or("").contains("status 200")),
+        "{audit:?}"
+    );
+    assert!(
+        audit.iter().any(|e| e["action"] == "kube exec"
+            && e["target"].as_str().unwrap_or("").ends_with("/trainer-0")
+            && e["detail"].as_str().unwrap_or("").contains(" s")),
+        "{audit:?}"
+    );
+    assert!(
+        audit.iter().any(|e| e["action"] == "kube"
+            && e["outcome"] == "failed"
+            && e["detail"].as_str().unwrap_or("").contains("status 503")),
+        "{audit:?}"
+    );
+
+    // Clearing it: requests fail again, naming the fix.
+    w.ssh("alice", &["cluster", "credential", "clear", "c1"])
+        .ok();
+    let r = w.kubectl(&alice_kc, &["get", "pods"]);
+    assert!(r.stderr.contains("cluster credential set c1"), "{r:?}");
+
+    // The credential never appears in any output, listing or log.
+    for args in [
+        &["cluster", "show", "c1", "--json"][..],
+        &["cluster", "list", "--json"],
+        &["cluster", "config", "c1"],
+        &["audit", "--json", "--limit", "1000"],
+    ] {
+        w.ssh("alice", args).ok();
+    }
+    let everything = format!("{}{}", w.seen.borrow(), w.gw.log_text());
+    assert!(!everything.contains(TOKEN), "the token leaked");
+    let key_line = pem
+        .lines()
+        .skip_while(|l| !l.contains("PRIVATE KEY"))
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert!(!everything.contains(&key_line), "the client key leaked");
+}
+
+/// The token the kubeconfig carries for kubectl's sake; never forwarded.
+const PLACEHOLDER: &str = "gatehouse-placeholder-not-a-credential";
+
+/// Reads up to `n` lines of the child's stdout within `timeout`.
+fn first_lines(child: &mut Child, n: usize, timeout: Duration) -> Vec<String> {
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            match line {
+                Ok(l) => {
+                    if tx.send(l).is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let mut lines = Vec::new();
+    while lines.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => lines.push(l),
+            Err(_) => break,
+        }
+    }
+    lines
+}
+
+#[test]
+fn member_remove_cuts_a_running_watch_and_refuses_the_next_request() {
+    let Some(w) = world() else { return };
+    w.set_token();
+    let socks = common::free_port();
+    let kc = w.kubeconfig("bob", &["--socks-port", &socks.to_string()]);
+    let _tunnel = w.tunnel("bob", &["-D", &socks.to_string()], socks);
+    // A running watch, once it streams events and the API server has it.
+    let start_watch = |since: usize| -> Child {
+        let mut watch = w
+            .kubectl_cmd(&kc, &["get", "pods", "-w"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = first_lines(&mut watch, 2, Duration::from_secs(20));
+        assert!(lines.len() >= 2, "{lines:?}");
+        let watching = || {
+            w.record()[since..].iter().any(|r| {
+                user(r) == Some("bob@example.com")
+                    && r["query"].as_str().unwrap_or("").contains("watch")
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !watching() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(watching(), "the watch reached the API server as bob");
+        std::thread::sleep(Duration::from_millis(300));
+        watch
+    };
+    // A promotion cuts the watch: it was authorized with the member group.
+    let mut watch = start_watch(0);
+    let promoted = Instant::now();
+    w.ssh("alice", &["member", "role", "bob@example.com", "admin"])
+        .ok();
+    let ended = common::wait_exit(&mut watch, Duration::from_secs(10));
+    let took = promoted.elapsed();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(
+        ended.is_some() && took <= Duration::from_secs(3),
+        "cut after {took:?}"
+    );
+    let mut watch = start_watch(w.record().len());
+    let last = w.record().last().cloned().unwrap();
+    assert_eq!(
+        header(&last, "impersonate-group")[0],
+        "gatehouse:train:admin"
+    );
+    let removed = Instant::now();
+    w.ssh("alice", &["member", "remove", "bob@example.com", "--yes"])
+        .ok();
+    let ended = common::wait_exit(&mut watch, Duration::from_secs(10));
+    let took = removed.elapsed();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(
+        ended.is_some(),
+        "kubectl get -w still running 10 s after member remove"
+    );
+    assert!(
+        took <= Duration::from_secs(3),
+        "the watch was cut after {took:?}"
+    );
+    let count = w.record().len();
+    // The next request is refused before it reaches the API server.
+    let r = w.kubectl(&kc, &["get", "pods"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert_eq!(
+        w.record().len(),
+        count,
+        "a request of bob's reached the API server"
+    );
+    let everything = format!("{}{}", w.seen.borrow(), w.gw.log_text());
+    assert!(!everything.contains(TOKEN), "the token leaked");
+}
+
+/// An upgrade kubectl's older transports use (`Upgrade: SPDY/3.1`, for exec
+/// and port-forward) is relayed as raw bytes both ways once the API server
+/// switches; the fake echoes them.
+#[test]
+fn an_spdy_upgrade_is_relayed_both_ways() {
+    let Some(w) = world() else { return };
+    w.set_token();
+    let local = common::free_port();
+    let _tunnel = w.tunnel("bob", &["-L", &format!("{local}:kube.c1.train:443")], local);
+    let client = r#"
+import socket, ssl, sys
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols(["http/1.1"])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="kube.c1.train")
+s.sendall(b"POST /api/v1/namespaces/train/pods/trainer-0/exec?command=sh&stdin=true HTTP/1.1\r\n"
+          b"Host: kube.c1.train\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+          b"X-Stream-Protocol-Version: v4.channel.k8s.io\r\nAuthorization: Bearer forged\r\n"
+          b"Content-Length: 0\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    head += chunk
+print(head.split(b"\r\n")[0].decode())
+got = head.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in head else b""
+s.sendall(b"spdy-frames-both-ways")
+while len(got) < 21:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    got += chunk
+print(got.decode())
+"#;
+    let r = common::run(
+        Command::new("python3")
+            .arg("-c")
+            .arg(client)
+            .arg(local.to_string())
+            .arg(w.gw.path("data/kube_ca.crt")),
+    );
+    r.ok();
+    assert!(r.stdout.starts_with("HTTP/1.1 101"), "{r:?}");
+    assert!(r.stdout.contains("spdy-frames-both-ways"), "{r:?}");
+    let record = w.record();
+    let exec: Vec<_> = record
+        .iter()
+        .filter(|q| q["path"].as_str().unwrap_or("").ends_with("/exec"))
+        .collect();
+    assert_eq!(exec.len(), 1, "{record:?}");
+    assert_eq!(user(exec[0]), Some("bob@example.com"));
+    assert_eq!(header(exec[0], "upgrade"), ["SPDY/3.1"]);
+    assert!(!exec[0].to_string().contains("forged"));
+    // The stream is audited when it ends, with its pod and duration.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = w.audit();
+        if audit
+            .iter()
+            .any(|e| e["action"] == "kube exec" && e["actor"] == "bob")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no kube exec event: {audit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
