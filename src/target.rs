@@ -306,6 +306,7 @@ mod tests {
             node_user: "ubuntu".into(),
             kube_ca: None,
             created_at: 0,
+            credential_set_at: None,
         }
     }
 
