@@ -401,6 +401,37 @@ fn kubectl_as_yourself_through_socks_and_a_local_forward() {
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert!(lines.iter().all(|l| l.starts_with("log line")), "{lines:?}");
 
+    // apply sends a body through the front door; cp reads a tar over exec.
+    let pod = dir(&w).join("job.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: job-7\nspec:\n  containers:\n  - name: main\n    image: busybox\n",
+    )
+    .unwrap();
+    let r = w.kubectl(
+        &bob_kc,
+        &["apply", "--validate=false", "-f", pod.to_str().unwrap()],
+    );
+    r.ok();
+    assert!(r.stdout.contains("pod/job-7 created"), "{r:?}");
+    let record = w.record();
+    let created = record
+        .iter()
+        .find(|q| q["method"] == "POST" && q["path"] == PODS)
+        .expect("the create reached the API server");
+    assert_eq!(user(created), Some("bob@example.com"));
+    assert!(created["body"].as_str().unwrap_or("").contains("job-7"), "{created}");
+    let copied = dir(&w).join("copied.txt");
+    let r = w.kubectl(
+        &bob_kc,
+        &["cp", "trainer-0:/data/out.txt", copied.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(&copied).unwrap_or_default(),
+        "copied through gatehouse\n"
+    );
+
     // A promotion changes the group on the next request.
     w.ssh("alice", &["member", "role", "bob@example.com", "admin"])
         .ok();
