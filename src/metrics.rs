@@ -54,10 +54,17 @@ pub struct Metrics {
     bytes_to_target: Counter<u64, AtomicU64>,
     bytes_from_target: Counter<u64, AtomicU64>,
     commands: Family<CommandLabels, Counter>,
+    kube_requests: Family<KubeLabels, Counter>,
     denials: Family<KindLabel, Counter>,
     penalties: Counter,
     sessions_refused: Family<LimitLabel, Counter>,
     db_latency: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KubeLabels {
+    verb: String,
+    outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,6 +115,12 @@ impl Metrics {
             "Commands run, by command word and outcome",
             commands.clone(),
         );
+        let kube_requests = Family::<KubeLabels, Counter>::default();
+        registry.register(
+            "kube_requests",
+            "Requests through the Kubernetes front door, by verb and outcome",
+            kube_requests.clone(),
+        );
         let denials = Family::<KindLabel, Counter>::default();
         registry.register("denials", "Requests refused, by kind", denials.clone());
         let penalties = Counter::default();
@@ -138,6 +151,7 @@ impl Metrics {
             bytes_to_target,
             bytes_from_target,
             commands,
+            kube_requests,
             denials,
             penalties,
             sessions_refused,
@@ -218,6 +232,29 @@ impl Metrics {
         if code == 3 {
             self.denial(name);
         }
+    }
+
+    /// Counts a request through the Kubernetes front door: `verb` as the API
+    /// server names it (anything else counts as `other`, so the label set
+    /// stays bounded), `outcome` ok, denied or failed.
+    pub fn kube_request(&self, verb: &str, outcome: &str) {
+        const VERBS: &[&str] = &[
+            "get",
+            "list",
+            "watch",
+            "create",
+            "update",
+            "patch",
+            "delete",
+            "deletecollection",
+        ];
+        let verb = if VERBS.contains(&verb) { verb } else { "other" };
+        self.kube_requests
+            .get_or_create(&KubeLabels {
+                verb: verb.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     pub fn denial(&self, kind: &str) {

@@ -20,6 +20,8 @@ struct World {
     alice: Key,
     bob: Key,
     api: Child,
+    /// The gateway's metrics port.
+    mport: u16,
     /// Every command's output, to search for the credential at the end.
     seen: std::cell::RefCell<String>,
 }
@@ -58,7 +60,8 @@ fn world() -> Option<World> {
             return None;
         }
     }
-    let mut gw = Gateway::new("");
+    let mport = common::free_port();
+    let mut gw = Gateway::new(&format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n"));
     let alice = gw.account("alice@example.com");
     let bob = gw.account("bob@example.com");
     gw.cli(&["project", "create", "train", "--admin", "alice@example.com"])
@@ -112,6 +115,7 @@ fn world() -> Option<World> {
         alice,
         bob,
         api,
+        mport,
         seen: Default::default(),
     };
     assert!(common::wait_port(api_port, Duration::from_secs(10)));
@@ -420,7 +424,10 @@ fn kubectl_as_yourself_through_socks_and_a_local_forward() {
         .find(|q| q["method"] == "POST" && q["path"] == PODS)
         .expect("the create reached the API server");
     assert_eq!(user(created), Some("bob@example.com"));
-    assert!(created["body"].as_str().unwrap_or("").contains("job-7"), "{created}");
+    assert!(
+        created["body"].as_str().unwrap_or("").contains("job-7"),
+        "{created}"
+    );
     let copied = dir(&w).join("copied.txt");
     let r = w.kubectl(
         &bob_kc,
@@ -495,6 +502,22 @@ fn kubectl_as_yourself_through_socks_and_a_local_forward() {
             && e["outcome"] == "failed"
             && e["detail"].as_str().unwrap_or("").contains("status 503")),
         "{audit:?}"
+    );
+
+    let (_, metrics) = common::http_get(w.mport, "/metrics");
+    assert!(
+        common::metric(
+            &metrics,
+            "gatehouse_kube_requests_total{verb=\"list\",outcome=\"ok\"}"
+        ) >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        common::metric(
+            &metrics,
+            "gatehouse_kube_requests_total{verb=\"get\",outcome=\"failed\"}"
+        ) >= 1.0,
+        "{metrics}"
     );
 
     // Clearing it: requests fail again, naming the fix.

@@ -498,10 +498,12 @@ impl Door {
     }
 
     async fn audit(&self, action: &str, args: &str, outcome: Outcome, detail: &str) {
-        self.audit_on(action, &self.cluster, args, outcome, detail)
-            .await
+        self.audit_on(action, "", args, outcome, detail).await
     }
 
+    /// Records one request (or stream) as an audit event on `CLUSTER`, or
+    /// `CLUSTER/NAMESPACE/NAME` with an object, and counts it; `args` starts
+    /// with the verb.
     async fn audit_on(
         &self,
         action: &str,
@@ -522,6 +524,11 @@ impl Door {
             outcome,
             detail: detail.to_string(),
         };
+        let verb = args.split(' ').next().unwrap_or_default();
+        self.conn
+            .shared
+            .metrics
+            .kube_request(verb, outcome.as_str());
         if let Err(e) = self.conn.shared.store.audit(&event).await {
             tracing::error!(error = %e, "cannot write audit event");
         }
