@@ -504,6 +504,14 @@ fn kubectl_as_yourself_through_socks_and_a_local_forward() {
         "{audit:?}"
     );
 
+    // kubectl offers HTTP/2 and gets it; upgrades (exec, cp) go over HTTP/1.1.
+    for proto in ["over HTTP/2", "over HTTP/1.1"] {
+        assert!(
+            audit.iter().any(|e| e["action"] == "forward"
+                && e["detail"].as_str().unwrap_or("").contains(proto)),
+            "no front door {proto}: {audit:?}"
+        );
+    }
     let (_, metrics) = common::http_get(w.mport, "/metrics");
     assert!(
         common::metric(

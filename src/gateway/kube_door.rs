@@ -86,6 +86,10 @@ pub(super) async fn serve(
         },
         _ = cancel.cancelled() => return "ended: access revoked or session closed".to_string(),
     };
+    let protocol = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => "HTTP/2",
+        _ => "HTTP/1.1",
+    };
     let door = Arc::new(Door {
         conn: conn.clone(),
         project: resolved.project.clone(),
@@ -119,7 +123,7 @@ pub(super) async fn serve(
         _ = cancel.cancelled() => {}
     }
     format!(
-        "{end}; {} request(s)",
+        "{end}; {} request(s) over {protocol}",
         door.requests.load(Ordering::Relaxed)
     )
 }
