@@ -184,7 +184,54 @@ async fn suite(store: Store) {
         "only one h100 free"
     );
     store.cluster_scale(p, &name("c1"), 2).await.unwrap();
+
+    // The cluster credential: set, replaced, read only as a whole, cleared,
+    // and gone with its cluster.
+    use gatehouse::store::ClusterCredential;
+    assert!(
+        store
+            .cluster_credential("train", "c1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let token = ClusterCredential::Token("tok-1".into());
+    store
+        .cluster_credential_set(c.id, &token, "alice")
+        .await
+        .unwrap();
+    let again = ClusterCredential::Token("tok-2".into());
+    store
+        .cluster_credential_set(c.id, &again, "alice")
+        .await
+        .unwrap();
+    let got = store
+        .cluster_credential("train", "c1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.credential, again);
+    let shown = store.cluster(p, &name("c1")).await.unwrap();
+    assert_eq!(shown.credential_set_at, Some(got.set_at));
+    store.cluster_credential_clear(c.id, "c1").await.unwrap();
+    assert!(matches!(
+        store.cluster_credential_clear(c.id, "c1").await,
+        Err(StoreError::NotFound(_))
+    ));
+    store
+        .cluster_credential_set(c.id, &token, "alice")
+        .await
+        .unwrap();
+
     let freed = store.cluster_delete(p, &name("c1")).await.unwrap();
+    assert!(
+        store
+            .cluster_credential("train", "c1")
+            .await
+            .unwrap()
+            .is_none(),
+        "the credential went with its cluster"
+    );
     assert_eq!(freed.len(), 2);
     assert!(
         store
