@@ -32,27 +32,7 @@ fn world() -> Option<World> {
         return None;
     }
     let mut gw = Gateway::new("");
-    let alice = gw.account("alice@example.com");
-    let bob = gw.account("bob@example.com");
-    gw.cli(&["project", "create", "train", "--admin", "alice@example.com"])
-        .ok();
-    let node_port = common::free_port().to_string();
-    gw.cli(&[
-        "node",
-        "register",
-        "node-1",
-        &format!("127.0.0.1:{node_port}"),
-    ])
-    .ok();
-    gw.start();
-    gw.ssh("alice", &alice, &["member", "add", "bob@example.com"])
-        .ok();
-    gw.ssh(
-        "alice",
-        &alice,
-        &["cluster", "create", "c1", "--nodes", "1"],
-    )
-    .ok();
+    let (alice, bob) = common::train_on_one_node(&mut gw);
     Some(World { gw, alice, bob })
 }
 

@@ -62,19 +62,7 @@ fn world() -> Option<World> {
     }
     let mport = common::free_port();
     let mut gw = Gateway::new(&format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n"));
-    let alice = gw.account("alice@example.com");
-    let bob = gw.account("bob@example.com");
-    gw.cli(&["project", "create", "train", "--admin", "alice@example.com"])
-        .ok();
-    let node_port = common::free_port();
-    gw.cli(&[
-        "node",
-        "register",
-        "node-1",
-        &format!("127.0.0.1:{node_port}"),
-    ])
-    .ok();
-    gw.start();
+    let (alice, bob) = common::train_on_one_node(&mut gw);
     let d = gw.dir.path().to_path_buf();
     // The API server's CA and certificate, and a client CA for the
     // certificate credential.
@@ -119,9 +107,6 @@ fn world() -> Option<World> {
         seen: Default::default(),
     };
     assert!(common::wait_port(api_port, Duration::from_secs(10)));
-    w.ssh("alice", &["member", "add", "bob@example.com"]).ok();
-    w.ssh("alice", &["cluster", "create", "c1", "--nodes", "1"])
-        .ok();
     use base64::Engine;
     let ca =
         base64::engine::general_purpose::STANDARD.encode(std::fs::read(d.join("ca.crt")).unwrap());
@@ -507,8 +492,10 @@ fn kubectl_as_yourself_through_socks_and_a_local_forward() {
     // kubectl offers HTTP/2 and gets it; upgrades (exec, cp) go over HTTP/1.1.
     for proto in ["over HTTP/2", "over HTTP/1.1"] {
         assert!(
-            audit.iter().any(|e| e["action"] == "forward"
-                && e["detail"].as_str().unwrap_or("").contains(proto)),
+            audit
+                .iter()
+                .any(|e| e["action"] == "forward"
+                    && e["detail"].as_str().unwrap_or("").contains(proto)),
             "no front door {proto}: {audit:?}"
         );
     }

@@ -229,16 +229,7 @@ impl Door {
         let from_client = upgrade.then(|| hyper::upgrade::on(&mut req));
         let client = match self.client(&grant) {
             Ok(c) => c,
-            Err(why) => {
-                self.audit(
-                    "kube",
-                    &args,
-                    Outcome::Failed,
-                    &format!("status 503: {why}"),
-                )
-                .await;
-                return answer(&info, StatusCode::SERVICE_UNAVAILABLE, &why);
-            }
+            Err(why) => return self.unavailable(&info, &args, &why).await,
         };
         let (mut parts, body) = req.into_parts();
         let bearer = match &grant.credential.credential {
@@ -278,14 +269,7 @@ impl Door {
                     error_chain(&e)
                 );
                 tracing::warn!(account = %self.conn.account.login, reason = %why, "kube request failed");
-                self.audit(
-                    "kube",
-                    &args,
-                    Outcome::Failed,
-                    &format!("status 503: {why}"),
-                )
-                .await;
-                return answer(&info, StatusCode::SERVICE_UNAVAILABLE, &why);
+                return self.unavailable(&info, &args, &why).await;
             }
         };
         let code = resp.status();
@@ -499,6 +483,14 @@ impl Door {
             .build(connector);
         *held = Some((key, client.clone()));
         Ok(client)
+    }
+
+    /// Answers a request that cannot be served now (503), saying why, and
+    /// audits it as failed.
+    async fn unavailable(&self, info: &RequestInfo, args: &str, why: &str) -> Reply {
+        self.audit("kube", args, Outcome::Failed, &format!("status 503: {why}"))
+            .await;
+        answer(info, StatusCode::SERVICE_UNAVAILABLE, why)
     }
 
     async fn audit(&self, action: &str, args: &str, outcome: Outcome, detail: &str) {

@@ -432,6 +432,28 @@ impl Drop for Gateway {
     }
 }
 
+/// Starts `gw` with project train (alice admin, bob member) whose cluster
+/// c1 is node-1, registered at a free loopback port nothing listens on.
+/// Returns alice's and bob's keys.
+pub fn train_on_one_node(gw: &mut Gateway) -> (Key, Key) {
+    let alice = gw.account("alice@example.com");
+    let bob = gw.account("bob@example.com");
+    gw.cli(&["project", "create", "train", "--admin", "alice@example.com"])
+        .ok();
+    let node = format!("127.0.0.1:{}", free_port());
+    gw.cli(&["node", "register", "node-1", &node]).ok();
+    gw.start();
+    gw.ssh("alice", &alice, &["member", "add", "bob@example.com"])
+        .ok();
+    gw.ssh(
+        "alice",
+        &alice,
+        &["cluster", "create", "c1", "--nodes", "1"],
+    )
+    .ok();
+    (alice, bob)
+}
+
 /// Quotes a word for a POSIX shell, only when needed.
 pub fn sh_quote(s: &str) -> String {
     if !s.is_empty()
