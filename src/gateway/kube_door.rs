@@ -43,6 +43,8 @@ type Reply = Response<BoxBody<Bytes, BoxError>>;
 
 /// The longest wait for the client's TLS handshake.
 const HANDSHAKE: Duration = Duration::from_secs(30);
+/// Concurrent HTTP/2 requests on one front door channel.
+const MAX_STREAMS: u32 = 100;
 /// How much of a request's path and query the audit log keeps, in bytes.
 const AUDIT_PATH: usize = 512;
 
@@ -106,7 +108,10 @@ pub(super) async fn serve(
             async move { Ok::<_, Infallible>(door.handle(req).await) }
         })
     };
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Each request costs a few database reads before it is passed on: one
+    // connection's parallel requests are bounded like kube-apiserver's own.
+    builder.http2().max_concurrent_streams(MAX_STREAMS);
     let serving = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     let end = tokio::select! {
         r = serving => match r {
@@ -202,6 +207,21 @@ impl Door {
             shown.push('…');
         }
         let args = format!("{} {shown}", info.verb);
+        // CONNECT would make the API server's connection a tunnel, TRACE
+        // would echo the headers the gateway added; Kubernetes uses neither.
+        if matches!(*req.method(), hyper::Method::CONNECT | hyper::Method::TRACE) {
+            self.audit(
+                "kube",
+                &args,
+                Outcome::Denied,
+                "status 405: method not allowed",
+            )
+            .await;
+            return status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "gatehouse: CONNECT and TRACE are not passed to the API server",
+            );
+        }
         let grant = match self.grant().await {
             Ok(g) => g,
             Err(r) => {
@@ -224,8 +244,14 @@ impl Door {
                 return answer(&info, r.status, &r.message);
             }
         };
+        // Only the upgrades Kubernetes speaks (exec, attach, port-forward);
+        // any other Upgrade header is dropped and the request goes as plain.
         let upgrade = req.version() <= hyper::Version::HTTP_11
-            && req.headers().contains_key(hyper::header::UPGRADE);
+            && req
+                .headers()
+                .get(hyper::header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(is_kube_upgrade);
         let from_client = upgrade.then(|| hyper::upgrade::on(&mut req));
         let client = match self.client(&grant) {
             Ok(c) => c,
@@ -531,6 +557,16 @@ impl Door {
     }
 }
 
+/// Whether an `Upgrade` header asks for a protocol the Kubernetes API
+/// upgrades to: WebSocket (`v5.channel.k8s.io` and the port-forward
+/// channels ride on it) or SPDY/3.1.
+fn is_kube_upgrade(value: &str) -> bool {
+    value
+        .split(',')
+        .map(str::trim)
+        .all(|p| p.eq_ignore_ascii_case("websocket") || p.eq_ignore_ascii_case("SPDY/3.1"))
+}
+
 /// The certificates of a cluster's `kube_ca` (base64 of PEM).
 fn kube_ca_certs(kube_ca: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     use base64::Engine;
@@ -785,5 +821,41 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_kubernetes_upgrades_pass() {
+        for ok in ["websocket", "WebSocket", "SPDY/3.1", "spdy/3.1"] {
+            assert!(is_kube_upgrade(ok), "{ok}");
+        }
+        for no in ["h2c", "websocket, h2c", "TLS/1.2", "", "SPDY/3"] {
+            assert!(!is_kube_upgrade(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn discovery_errors_are_text_and_resource_errors_are_status() {
+        let discovery = RequestInfo::parse(&hyper::Method::GET, "/api", None);
+        let r = answer(
+            &discovery,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "gatehouse: why",
+        );
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        assert!(
+            r.headers()[hyper::header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        let pods = RequestInfo::parse(&hyper::Method::GET, "/api/v1/namespaces/a/pods", None);
+        let r = answer(&pods, StatusCode::SERVICE_UNAVAILABLE, "gatehouse: why");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[hyper::header::CONTENT_TYPE], "application/json");
     }
 }
