@@ -479,7 +479,7 @@ fn kubectl_as_yourself_through_socks_and_a_local_forward() {
     assert!(
         audit.iter().any(|e| e["action"] == "kube exec"
             && e["target"].as_str().unwrap_or("").ends_with("/trainer-0")
-            && e["detail"].as_str().unwrap_or("").contains(" s")),
+            && e["detail"].as_str().unwrap_or("").contains("closed after")),
         "{audit:?}"
     );
     assert!(
@@ -549,12 +549,12 @@ fn first_lines(child: &mut Child, n: usize, timeout: Duration) -> Vec<String> {
     let out = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        // Reads to the end even when nobody listens any more: a closed pipe
+        // would kill the child with SIGPIPE, which looks like a cut stream.
         for line in BufReader::new(out).lines() {
             match line {
                 Ok(l) => {
-                    if tx.send(l).is_err() {
-                        break;
-                    }
+                    let _ = tx.send(l);
                 }
                 Err(_) => break,
             }
@@ -580,31 +580,55 @@ fn member_remove_cuts_a_running_watch_and_refuses_the_next_request() {
     let kc = w.kubeconfig("bob", &["--socks-port", &socks.to_string()]);
     let _tunnel = w.tunnel("bob", &["-D", &socks.to_string()], socks);
     // A running watch, once it streams events and the API server has it.
+    let (out, errors) = (dir(&w).join("watch.out"), dir(&w).join("watch.err"));
     let start_watch = |since: usize| -> Child {
-        let mut watch = w
+        // Files, not pipes: a pipe nobody reads would stall kubectl, and one
+        // closed would kill it, either of which looks like a cut stream.
+        let watch = w
             .kubectl_cmd(&kc, &["get", "pods", "-w"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&errors).unwrap())
             .spawn()
             .unwrap();
-        let lines = first_lines(&mut watch, 2, Duration::from_secs(20));
-        assert!(lines.len() >= 2, "{lines:?}");
-        let watching = || {
-            w.record()[since..].iter().any(|r| {
-                user(r) == Some("bob@example.com")
-                    && r["query"].as_str().unwrap_or("").contains("watch")
-            })
+        let streaming = || {
+            std::fs::read_to_string(&out)
+                .unwrap_or_default()
+                .lines()
+                .count()
+                >= 3
+                && w.record()[since..].iter().any(|r| {
+                    user(r) == Some("bob@example.com")
+                        && r["query"].as_str().unwrap_or("").contains("watch")
+                })
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !watching() && Instant::now() < deadline {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !streaming() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(watching(), "the watch reached the API server as bob");
-        std::thread::sleep(Duration::from_millis(300));
+        assert!(streaming(), "the watch streams, as bob");
         watch
     };
-    // A promotion cuts the watch: it was authorized with the member group.
+    // Setting the credential again cuts the watch (it ran with the old
+    // one), and kubectl is told.
     let mut watch = start_watch(0);
+    let reset = Instant::now();
+    w.set_token();
+    let ended = common::wait_exit(&mut watch, Duration::from_secs(10));
+    let took = reset.elapsed();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(
+        ended.is_some() && took <= Duration::from_secs(3),
+        "cut after {took:?}"
+    );
+    // kubectl prints the watch's last event, a Status, as a table row.
+    let said = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(
+        said.contains("gatehouse: access revoked"),
+        "kubectl said: {said}"
+    );
+    // A promotion cuts the watch: it was authorized with the member group.
+    let mut watch = start_watch(w.record().len());
     let promoted = Instant::now();
     w.ssh("alice", &["member", "role", "bob@example.com", "admin"])
         .ok();

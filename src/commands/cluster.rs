@@ -451,6 +451,8 @@ async fn credential(
             ctx.store
                 .cluster_credential_set(c.id, &credential, &ctx.account.login)
                 .await?;
+            // Open streams that carry the old credential end now.
+            ctx.sessions.nudge();
             done(
                 format!(
                     "cluster {name}: credential set ({}); kube requests through the gateway now use it",
@@ -465,6 +467,7 @@ async fn credential(
             ctx.store
                 .cluster_credential_clear(c.id, name.as_str())
                 .await?;
+            ctx.sessions.nudge();
             done(
                 format!("cluster {name}: credential cleared; kube requests fail until one is set"),
                 as_json,

@@ -44,7 +44,16 @@ type Reply = Response<BoxBody<Bytes, BoxError>>;
 /// The longest wait for the client's TLS handshake.
 const HANDSHAKE: Duration = Duration::from_secs(30);
 /// Concurrent HTTP/2 requests on one front door channel.
-const MAX_STREAMS: u32 = 100;
+const MAX_STREAMS: u32 = 32;
+/// Requests of one account in flight at once on this gateway, watches and
+/// upgraded streams included: each holds a connection to the API server.
+const MAX_IN_FLIGHT: usize = 256;
+/// How long the API server may take to answer a request's head.
+const RESPONSE_HEAD: Duration = Duration::from_secs(120);
+/// How long a cut connection may take to say why before it is dropped.
+const LAST_WORD: Duration = Duration::from_millis(200);
+/// How long a client may take to send a request's head.
+const REQUEST_HEAD: Duration = Duration::from_secs(30);
 /// How much of a request's path and query the audit log keeps, in bytes.
 const AUDIT_PATH: usize = 512;
 
@@ -111,14 +120,27 @@ pub(super) async fn serve(
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // Each request costs a few database reads before it is passed on: one
     // connection's parallel requests are bounded like kube-apiserver's own.
-    builder.http2().max_concurrent_streams(MAX_STREAMS);
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(REQUEST_HEAD);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS);
     let serving = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(serving);
     let end = tokio::select! {
-        r = serving => match r {
+        r = &mut serving => match r {
             Ok(()) => "closed".to_string(),
             Err(e) => format!("ended: {e}"),
         },
-        _ = cancel.cancelled() => "ended: access revoked or session closed".to_string(),
+        _ = cancel.cancelled() => {
+            // Cut watches send their last word (why) as they end; give
+            // that a moment to leave, never more.
+            let _ = tokio::time::timeout(LAST_WORD, &mut serving).await;
+            "ended: access revoked or session closed".to_string()
+        }
     };
     // Upgraded streams (exec, port-forward) outlive the HTTP connection
     // that started them; the channel stays registered until they end.
@@ -252,6 +274,19 @@ impl Door {
                 .get(hyper::header::UPGRADE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(is_kube_upgrade);
+        let Some(permit) = in_flight(self.conn.account.id) else {
+            let why = format!(
+                "gatehouse: at most {MAX_IN_FLIGHT} Kubernetes requests of one account at once (watches and streams count until they end)"
+            );
+            self.audit(
+                "kube",
+                &args,
+                Outcome::Denied,
+                &format!("status 429: {why}"),
+            )
+            .await;
+            return answer(&info, StatusCode::TOO_MANY_REQUESTS, &why);
+        };
         let from_client = upgrade.then(|| hyper::upgrade::on(&mut req));
         let client = match self.client(&grant) {
             Ok(c) => c,
@@ -280,7 +315,18 @@ impl Door {
         parts.version = hyper::Version::HTTP_11;
         let sent = client.request(Request::from_parts(parts, body));
         let replied = tokio::select! {
-            r = sent => r,
+            r = tokio::time::timeout(RESPONSE_HEAD, sent) => match r {
+                Ok(r) => r,
+                Err(_) => {
+                    let why = format!(
+                        "gatehouse: the API server of cluster {} at {} did not answer within {} s",
+                        self.cluster,
+                        grant.resolved.connect,
+                        RESPONSE_HEAD.as_secs()
+                    );
+                    return self.unavailable(&info, &args, &why).await;
+                }
+            },
             _ = self.cancel.cancelled() => {
                 return answer(&info, StatusCode::FORBIDDEN, "gatehouse: access revoked");
             }
@@ -306,7 +352,16 @@ impl Door {
             let door = self.clone();
             let what = info.pod_stream().unwrap_or("upgrade").to_string();
             let object = info.object();
+            self.audit_on(
+                &format!("kube {what}"),
+                &object,
+                &args,
+                Outcome::Ok,
+                "status 101; started",
+            )
+            .await;
             self.streams.spawn(async move {
+                let _permit = permit;
                 door.relay(from_client, to_api, &what, &object, &args, started)
                     .await
             });
@@ -322,9 +377,24 @@ impl Door {
             .await;
         let (mut parts, body) = resp.into_parts();
         rewrite_response(&mut parts.headers);
+        // A watch that is cut says why, as the API server's own watch
+        // errors do, before the stream ends.
+        let last_word = (info.verb == "watch" && code.is_success()).then(|| {
+            let event = serde_json::json!({
+                "type": "ERROR",
+                "object": status_object(
+                    StatusCode::FORBIDDEN,
+                    "gatehouse: access revoked or the session ended",
+                ),
+            });
+            Bytes::from(format!("{event}\n"))
+        });
         let body = Cut {
             inner: body,
             cancelled: Box::pin(self.cancel.clone().cancelled_owned()),
+            last_word,
+            said: false,
+            _permit: permit,
         };
         Response::from_parts(parts, body.boxed())
     }
@@ -426,6 +496,15 @@ impl Door {
             .await
             .map_err(|e| Refusal::forbidden(format!("gatehouse: {e}")))?;
         let here = format!("-p {}", self.project);
+        // The credential goes only to an address an admin named: the default
+        // (the first node's host, port 6443) is a port anyone with a shell
+        // on that node could listen on.
+        if cluster.kube_api.is_none() {
+            return Err(Refusal::unavailable(format!(
+                "gatehouse: cluster {} has no kube_api set, and the gateway sends the cluster's credential only to an API server address a project admin set: `cluster config {} kube_api=HOST:PORT {here}`",
+                self.cluster, self.cluster
+            )));
+        }
         let kube_ca = cluster.kube_ca.ok_or_else(|| {
             Refusal::unavailable(format!(
                 "gatehouse: cluster {} has no kube_ca, so the API server cannot be verified: a project admin sets it with `cluster config {} kube_ca=$(base64 -w0 ca.crt) {here}`",
@@ -557,6 +636,21 @@ impl Door {
     }
 }
 
+/// A place among the account's requests in flight ([`MAX_IN_FLIGHT`]), or
+/// `None` when they are all taken.
+fn in_flight(account: i64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    type PerAccount = Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Semaphore>>>;
+    static PER_ACCOUNT: std::sync::OnceLock<PerAccount> = std::sync::OnceLock::new();
+    let semaphore = PER_ACCOUNT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(account)
+        .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)))
+        .clone();
+    semaphore.try_acquire_owned().ok()
+}
+
 /// Whether an `Upgrade` header asks for a protocol the Kubernetes API
 /// upgrades to: WebSocket (`v5.channel.k8s.io` and the port-forward
 /// channels ride on it) or SPDY/3.1.
@@ -626,15 +720,17 @@ fn answer(info: &RequestInfo, code: StatusCode, message: &str) -> Reply {
     r
 }
 
-/// A Kubernetes `Status` answer.
-fn status(code: StatusCode, message: &str) -> Reply {
+/// A Kubernetes `Status` object.
+fn status_object(code: StatusCode, message: &str) -> serde_json::Value {
     let reason = match code {
         StatusCode::FORBIDDEN => "Forbidden",
         StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
         StatusCode::BAD_REQUEST => "BadRequest",
+        StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
+        StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
         _ => "InternalError",
     };
-    let body = serde_json::json!({
+    serde_json::json!({
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
@@ -642,7 +738,12 @@ fn status(code: StatusCode, message: &str) -> Reply {
         "message": message,
         "reason": reason,
         "code": code.as_u16(),
-    });
+    })
+}
+
+/// A Kubernetes `Status` answer.
+fn status(code: StatusCode, message: &str) -> Reply {
+    let body = status_object(code, message);
     let mut r = Response::new(
         Full::new(Bytes::from(body.to_string()))
             .map_err(|never| match never {})
@@ -667,6 +768,12 @@ fn empty() -> BoxBody<Bytes, BoxError> {
 struct Cut {
     inner: Incoming,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Sent once when cut, then the stream ends.
+    last_word: Option<Bytes>,
+    said: bool,
+    /// The account's place among its requests in flight, held while the
+    /// body streams.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Body for Cut {
@@ -679,7 +786,16 @@ impl Body for Cut {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if this.cancelled.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err("access revoked".into())));
+            return Poll::Ready(match this.last_word.take() {
+                Some(word) => {
+                    this.said = true;
+                    Some(Ok(Frame::data(word)))
+                }
+                // A watch ends cleanly after its ERROR event, as the API
+                // server ends one; anything else is cut short.
+                None if this.said => None,
+                None => Some(Err("access revoked".into())),
+            });
         }
         Pin::new(&mut this.inner)
             .poll_frame(cx)
@@ -725,7 +841,16 @@ impl tower_service::Service<hyper::Uri> for Connector {
                 Dial::Failed(why) => std::io::Error::other(why),
             })?;
             let _ = tcp.set_nodelay(true);
-            let tls = me.tls.connect(me.server_name.clone(), tcp).await?;
+            let timeout = me.conn.shared.config.limits.connect_timeout;
+            let handshake = me.tls.connect(me.server_name.clone(), tcp);
+            let tls = tokio::time::timeout(timeout, handshake)
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no TLS handshake within {} s", timeout.as_secs()),
+                    )
+                })??;
             Ok(Upstream(TokioIo::new(tls)))
         })
     }

@@ -45,6 +45,20 @@ fn parse_pem(text: &str) -> Result<ClusterCredential, String> {
             "invalid credential: PEM input is at most {MAX_PEM} bytes"
         ));
     }
+    // Stray text (a token pasted before the PEM, say) is a mistake to
+    // point out, not something to drop quietly.
+    let mut inside = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with("-----BEGIN ") {
+            inside = true;
+        } else if line.starts_with("-----END ") {
+            inside = false;
+        } else if !inside && !line.is_empty() {
+            return Err(
+                "invalid credential: there is text outside the PEM blocks; give only the certificate(s) and the key".into(),
+            );
+        }
+    }
     let mut certs = Vec::new();
     let mut keys = Vec::new();
     for item in <(SectionKind, Vec<u8>)>::pem_slice_iter(text.as_bytes()) {
@@ -73,8 +87,13 @@ fn parse_pem(text: &str) -> Result<ClusterCredential, String> {
     let key = PrivateKeyDer::try_from(key_der.clone())
         .map_err(|_| "invalid credential: the private key does not parse".to_string())?;
     // rustls checks that the key can sign and matches the certificate.
-    super::client_config(&[], Some((certs.clone(), key)))
-        .map_err(|e| format!("invalid credential: {e}"))?;
+    super::client_config(&[], Some((certs.clone(), key))).map_err(|e| {
+        if e.contains("UnsupportedCertVersion") {
+            "invalid credential: the certificate is X.509 version 1, which TLS refuses; issue a version 3 certificate (openssl x509 -req … -extfile with extendedKeyUsage=clientAuth)".to_string()
+        } else {
+            format!("invalid credential: {e}")
+        }
+    })?;
     let chain_pem = certs
         .iter()
         .map(|c| pem_block("CERTIFICATE", c.as_ref()))
@@ -145,6 +164,8 @@ mod tests {
         let e = parse(&format!("{cert}{other_key}")).unwrap_err();
         assert!(e.starts_with("invalid credential"), "{e}");
         assert!(parse("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----").is_err());
+        let e = parse(&format!("sometoken\n{cert}{key}")).unwrap_err();
+        assert!(e.contains("outside the PEM blocks"), "{e}");
         // The secret is never quoted back.
         assert!(!e.contains("PRIVATE KEY-----"), "{e}");
     }

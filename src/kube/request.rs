@@ -46,13 +46,43 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 /// Whether a request header is one the user may not set: credentials,
-/// impersonation, and the front-proxy identity headers an API server may
-/// trust (`--requestheader-*`, usually `X-Remote-*`).
+/// impersonation, and the identity headers of front proxies an API server
+/// or a proxy before it may trust (`--requestheader-*`, usually
+/// `X-Remote-*`; `X-Forwarded-User`). `_` counts as `-`, as some proxies
+/// read it.
 fn is_identity_header(name: &str) -> bool {
+    let name = name.replace('_', "-");
     name == "authorization"
         || name == "cookie"
         || name.starts_with("impersonate-")
         || name.starts_with("x-remote-")
+        || name.starts_with("x-forwarded-user")
+        || name.starts_with("x-forwarded-group")
+        || name.starts_with("x-forwarded-email")
+        || name.starts_with("x-auth-request-")
+}
+
+/// The WebSocket subprotocol in which a client may send a bearer token to
+/// the API server instead of `Authorization`.
+const WEBSOCKET_TOKEN: &str = "base64url.bearer.authorization.k8s.io.";
+
+/// `Sec-WebSocket-Protocol` without any token the user put in it.
+fn without_websocket_tokens(headers: &mut HeaderMap) {
+    let name = hyper::header::SEC_WEBSOCKET_PROTOCOL;
+    let offered: Vec<String> = headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty() && !p.starts_with(WEBSOCKET_TOKEN))
+        .collect();
+    headers.remove(&name);
+    if !offered.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&offered.join(", "))
+    {
+        headers.insert(name, v);
+    }
 }
 
 /// Rewrites a request's headers for the API server: drops hop-by-hop
@@ -87,6 +117,7 @@ pub fn rewrite_request(
         headers.remove(&name);
     }
     headers.remove(hyper::header::HOST);
+    without_websocket_tokens(headers);
     if upgrade && let Some(to) = upgrade_to {
         headers.insert(
             hyper::header::CONNECTION,
@@ -139,8 +170,13 @@ impl RequestInfo {
     /// Classifies `method path?query` as kube-apiserver does for
     /// `/api/v1/...` and `/apis/GROUP/VERSION/...`.
     pub fn parse(method: &Method, path: &str, query: Option<&str>) -> RequestInfo {
-        let watch =
-            query.is_some_and(|q| q.split('&').any(|kv| kv == "watch=1" || kv == "watch=true"));
+        // As the API server parses it (Go's strconv.ParseBool).
+        let watch = query.is_some_and(|q| {
+            q.split('&').any(|kv| {
+                kv.strip_prefix("watch=")
+                    .is_some_and(|v| matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True"))
+            })
+        });
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         let rest: &[&str] = match parts.as_slice() {
             ["api", _version, rest @ ..] => rest,
@@ -221,6 +257,8 @@ mod tests {
     fn verbs_follow_the_api_server() {
         let pods = "/api/v1/namespaces/default/pods";
         assert_eq!(info(Method::GET, pods, Some("limit=500")).verb, "list");
+        assert_eq!(info(Method::GET, pods, Some("watch=True")).verb, "watch");
+        assert_eq!(info(Method::GET, pods, Some("watch=false")).verb, "list");
         assert_eq!(
             info(Method::GET, pods, Some("watch=1&resourceVersion=1")).verb,
             "watch"
@@ -275,6 +313,15 @@ mod tests {
         h.insert("impersonate-uid", HeaderValue::from_static("0"));
         h.insert("impersonate-extra-scopes", HeaderValue::from_static("x"));
         h.insert("x-remote-user", HeaderValue::from_static("root"));
+        h.insert("impersonate_user", HeaderValue::from_static("root"));
+        h.insert("x_remote_group", HeaderValue::from_static("system:masters"));
+        h.insert("x-forwarded-user", HeaderValue::from_static("root"));
+        h.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(
+                "v5.channel.k8s.io, base64url.bearer.authorization.k8s.io.c3RvbGVu",
+            ),
+        );
         h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
         h.insert(
             "connection",
@@ -289,10 +336,14 @@ mod tests {
         assert_eq!(groups, ["gatehouse:train:admin", "gatehouse:authenticated"]);
         assert_eq!(h["impersonate-extra-gatehouse-session"], "s1");
         assert_eq!(h["authorization"], "Bearer gw-token");
+        assert_eq!(h["sec-websocket-protocol"], "v5.channel.k8s.io");
         for gone in [
             "impersonate-uid",
             "impersonate-extra-scopes",
             "x-remote-user",
+            "impersonate_user",
+            "x_remote_group",
+            "x-forwarded-user",
             "proxy-authorization",
             "connection",
             "x-sneaky",

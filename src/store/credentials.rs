@@ -3,7 +3,7 @@
 //! returns it to the Kubernetes front door, and [`ClusterCredential`] never
 //! prints its secret, not even with `{:?}`.
 
-use super::{Result, Store, StoreError, now_ms};
+use super::{Result, Revocation, Store, StoreError, now_ms};
 
 /// How the gateway authenticates to a cluster's API server.
 #[derive(Clone, PartialEq, Eq)]
@@ -95,6 +95,7 @@ impl Store {
         .bind(set_by)
         .execute(&mut *tx)
         .await?;
+        revoke_doors(&mut tx, cluster_id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -102,15 +103,18 @@ impl Store {
     /// Removes the credential of cluster `cluster_id`; NotFound when it had
     /// none.
     pub async fn cluster_credential_clear(&self, cluster_id: i64, cluster: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query("DELETE FROM cluster_credentials WHERE cluster_id = $1")
             .bind(cluster_id)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!(
                 "cluster {cluster} has no credential set"
             )));
         }
+        revoke_doors(&mut tx, cluster_id).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -135,6 +139,21 @@ impl Store {
                 .map(|credential| StoredCredential { credential, set_at })
         }))
     }
+}
+
+/// Streams opened with the old credential end with it: the cluster's
+/// front doors are revoked in the same transaction.
+async fn revoke_doors(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    cluster_id: i64,
+) -> Result<()> {
+    let (project, cluster): (String, String) = sqlx::query_as(
+        "SELECT p.name, c.name FROM clusters c JOIN projects p ON p.id = c.project_id WHERE c.id = $1",
+    )
+    .bind(cluster_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    super::revocations::append(&mut **tx, &Revocation::KubeCredential { project, cluster }).await
 }
 
 #[cfg(test)]

@@ -37,6 +37,9 @@ pub enum Revocation {
     /// Forwards to the cluster's Kubernetes API and dashboard (their
     /// addresses changed).
     ClusterApi { project: String, cluster: String },
+    /// The cluster's Kubernetes front doors (its credential was set or
+    /// cleared): open streams carry the old one.
+    KubeCredential { project: String, cluster: String },
 }
 
 /// One live channel, as a revocation is matched against it.
@@ -77,6 +80,9 @@ impl Revocation {
             Revocation::ClusterApi { project, cluster } => {
                 ch.forward && ch.api && in_cluster(project, cluster)
             }
+            Revocation::KubeCredential { project, cluster } => {
+                ch.kube && in_cluster(project, cluster)
+            }
             Revocation::Session {
                 id,
                 project: Some(p),
@@ -107,6 +113,9 @@ impl Revocation {
                 format!("the API or dashboard address of cluster {cluster} changed")
             }
             Revocation::Project { project } => format!("project {project} was deleted"),
+            Revocation::KubeCredential { cluster, .. } => {
+                format!("the Kubernetes credential of cluster {cluster} changed")
+            }
         };
         format!("access revoked: {cause}")
     }
@@ -154,6 +163,10 @@ impl Revocation {
             "session" => Revocation::Session {
                 id: session?,
                 project,
+            },
+            "kube_credential" => Revocation::KubeCredential {
+                project: project?,
+                cluster: cluster?,
             },
             "cluster_api" => Revocation::ClusterApi {
                 project: project?,
@@ -263,6 +276,15 @@ where
             None,
         ),
         Revocation::Project { project } => ("project", None, Some(project), None, None, None, None),
+        Revocation::KubeCredential { project, cluster } => (
+            "kube_credential",
+            None,
+            Some(project),
+            Some(cluster),
+            None,
+            None,
+            None,
+        ),
     };
     sqlx::query(
         "INSERT INTO revocations (at, kind, account_id, project, cluster, node, fingerprint, session) \
@@ -396,5 +418,11 @@ mod tests {
         );
         assert!(!role.ends_channel(1, "s", shell) && !role.ends_channel(1, "s", n1));
         assert!(!role.ends_channel(1, "s", dash) && !role.ends_channel(2, "s", kube_on_n1));
+        let credential = Revocation::KubeCredential {
+            project: "p".into(),
+            cluster: "c".into(),
+        };
+        assert!(credential.ends_channel(7, "s", kube_on_n1));
+        assert!(!credential.ends_channel(7, "s", dash) && !credential.ends_channel(7, "s", n1));
     }
 }
