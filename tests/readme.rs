@@ -54,8 +54,18 @@ fn the_readmes_first_command_runs_the_gateway() {
         .stderr(log)
         .spawn()
         .expect("cargo run");
-    // cargo may rebuild nothing or a little; the bound is generous.
+    // cargo may rebuild nothing or a little; the bound is generous. The
+    // port opens a moment before the gateway says it listens: wait for both.
     let listening = common::wait_port(port, Duration::from_secs(300));
+    let said = || {
+        std::fs::read_to_string(dir.path().join("log"))
+            .unwrap_or_default()
+            .contains("gatehouse listening")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while listening && !said() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let _ = child.kill();
     let _ = child.wait();
     let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();

@@ -351,6 +351,10 @@ pub async fn serve(config: Config) -> Result<()> {
     let open_files = raise_open_files_limit();
     tracing::debug!(open_files, "open files limit");
     let key = host_key(&config.server.host_key)?;
+    let kube = Arc::new(crate::kube::Authority::load_or_create(
+        &config.kube.ca_key,
+        &config.kube.ca_cert,
+    )?);
     let addr = config.listen_addr()?;
     // Migrates the schema once, before the workers open their pools.
     let store = Store::connect(&config.database.url, 2).await?;
@@ -389,10 +393,7 @@ pub async fn serve(config: Config) -> Result<()> {
         ssh_config: Arc::new(russh_config(&config, key)),
         reach,
         login_from: config.nodes.login_from()?,
-        kube: Arc::new(crate::kube::Authority::load_or_create(
-            &config.kube.ca_key,
-            &config.kube.ca_cert,
-        )?),
+        kube,
     };
     let count = match config.server.workers {
         0 => std::thread::available_parallelism()
