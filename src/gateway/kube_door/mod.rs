@@ -7,7 +7,6 @@
 //! streams (exec, attach, port-forward) through the channel's token.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,31 +14,32 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::{Body, Frame, Incoming};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use russh::Channel;
 use russh::server::Msg;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ConnCtx;
-use super::forward::{Dial, dial, resolve_target};
 use super::sessions::Counters;
 use crate::audit::{Event, Outcome};
-use crate::kube::request::{Identity, RequestInfo, rewrite_request, rewrite_response};
-use crate::policy::Action;
-use crate::store::{ClusterCredential, StoredCredential};
-use crate::target::{Resolved, Target};
+use crate::kube::request::{RequestInfo, rewrite_request, rewrite_response};
+use crate::store::ClusterCredential;
+use crate::target::Resolved;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Reply = Response<BoxBody<Bytes, BoxError>>;
+mod access;
+mod replies;
+mod upstream;
+
+use access::Grant;
+
+use replies::{Cut, Reply, answer, empty, status, status_object};
+use upstream::{Connector, error_chain};
 
 /// The longest wait for the client's TLS handshake.
 const HANDSHAKE: Duration = Duration::from_secs(30);
@@ -178,36 +178,6 @@ struct UpstreamKey {
     credential_set_at: i64,
 }
 
-/// What a request may do, decided now.
-struct Grant {
-    identity: Identity,
-    resolved: Resolved,
-    kube_ca: String,
-    credential: StoredCredential,
-}
-
-/// A request refused before it reached the API server.
-struct Refusal {
-    status: StatusCode,
-    message: String,
-}
-
-impl Refusal {
-    fn forbidden(message: String) -> Refusal {
-        Refusal {
-            status: StatusCode::FORBIDDEN,
-            message,
-        }
-    }
-
-    fn unavailable(message: String) -> Refusal {
-        Refusal {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message,
-        }
-    }
-}
-
 impl Door {
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Reply {
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -244,7 +214,7 @@ impl Door {
                 "gatehouse: CONNECT and TRACE are not passed to the API server",
             );
         }
-        let grant = match self.grant().await {
+        let grant = match access::grant(&self.conn, &self.project, &self.cluster).await {
             Ok(g) => g,
             Err(r) => {
                 let outcome = if r.status == StatusCode::FORBIDDEN {
@@ -439,101 +409,6 @@ impl Door {
         .await;
     }
 
-    /// Decides afresh whether this session may still use the cluster's API,
-    /// as whom, and with what: the key and account as they are now, the
-    /// membership and its role through the policy table, the cluster's
-    /// address, CA and credential.
-    async fn grant(&self) -> Result<Grant, Refusal> {
-        let conn = &self.conn;
-        let store = &conn.shared.store;
-        let unavailable = |e: crate::store::StoreError| {
-            Refusal::unavailable(format!("gatehouse cannot check access ({e})"))
-        };
-        let account = store
-            .account_for_login_key(&conn.account.login, &conn.fingerprint)
-            .await
-            .map_err(unavailable)?;
-        let account = match account {
-            Some(a) if a.id == conn.account.id && a.disabled == 0 => a,
-            Some(a) if a.disabled != 0 => {
-                return Err(Refusal::forbidden(
-                    "gatehouse: access revoked: the account was disabled".into(),
-                ));
-            }
-            _ => {
-                return Err(Refusal::forbidden(
-                    "gatehouse: access revoked: the key this session used was removed".into(),
-                ));
-            }
-        };
-        let target = Target::Kube {
-            cluster: self.cluster.clone(),
-            project: Some(self.project.clone()),
-        };
-        let resolved = resolve_target(conn, &target)
-            .await
-            .map_err(|why| Refusal::forbidden(format!("gatehouse: access revoked: {why}")))?;
-        let membership = store
-            .membership(account.id, &self.project)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| {
-                Refusal::forbidden(format!(
-                    "gatehouse: access revoked: not a member of project {}",
-                    self.project
-                ))
-            })?;
-        if !crate::policy::authorize(Some(membership.role), Action::UseKubernetes).allowed() {
-            return Err(Refusal::forbidden(format!(
-                "gatehouse: not allowed in project {}",
-                self.project
-            )));
-        }
-        let name = crate::model::Name::parse("cluster", &self.cluster)
-            .map_err(|e| Refusal::forbidden(e.to_string()))?;
-        let cluster = store
-            .cluster(membership.project_id, &name)
-            .await
-            .map_err(|e| Refusal::forbidden(format!("gatehouse: {e}")))?;
-        let here = format!("-p {}", self.project);
-        // The credential goes only to an address an admin named: the default
-        // (the first node's host, port 6443) is a port anyone with a shell
-        // on that node could listen on.
-        if cluster.kube_api.is_none() {
-            return Err(Refusal::unavailable(format!(
-                "gatehouse: cluster {} has no kube_api set, and the gateway sends the cluster's credential only to an API server address a project admin set: `cluster config {} kube_api=HOST:PORT {here}`",
-                self.cluster, self.cluster
-            )));
-        }
-        let kube_ca = cluster.kube_ca.ok_or_else(|| {
-            Refusal::unavailable(format!(
-                "gatehouse: cluster {} has no kube_ca, so the API server cannot be verified: a project admin sets it with `cluster config {} kube_ca=$(base64 -w0 ca.crt) {here}`",
-                self.cluster, self.cluster
-            ))
-        })?;
-        let credential = store
-            .cluster_credential(&self.project, &self.cluster)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| {
-                Refusal::unavailable(format!(
-                    "gatehouse: cluster {} has no credential for its API server: a project admin sets it with `cluster credential set {} {here}` (a token or a PEM certificate and key on stdin)",
-                    self.cluster, self.cluster
-                ))
-            })?;
-        Ok(Grant {
-            identity: Identity::new(
-                &account.email,
-                &self.project,
-                membership.role,
-                &conn.session_id,
-            ),
-            resolved,
-            kube_ca,
-            credential,
-        })
-    }
-
     /// The client towards the API server for `grant`: the pooled one while
     /// the address, CA and credential are unchanged, else a new one.
     fn client(&self, grant: &Grant) -> Result<Client<Connector, Incoming>, String> {
@@ -548,44 +423,13 @@ impl Door {
         {
             return Ok(c.clone());
         }
-        let roots = kube_ca_certs(&grant.kube_ca).map_err(|why| {
-            format!(
-                "gatehouse: the kube_ca of cluster {} {why}; set it again with `cluster config {} kube_ca=…`",
-                self.cluster, self.cluster
-            )
-        })?;
-        let client_auth = match &grant.credential.credential {
-            ClusterCredential::Token(_) => None,
-            ClusterCredential::Certificate { chain_pem, key_pem } => {
-                let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|_| {
-                        "gatehouse: the cluster's credential does not parse".to_string()
-                    })?;
-                let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| {
-                    "gatehouse: the cluster's credential does not parse".to_string()
-                })?;
-                Some((chain, key))
-            }
-        };
-        let tls = crate::kube::client_config(&roots, client_auth)
-            .map_err(|why| format!("gatehouse: cluster {}: {why}", self.cluster))?;
-        let server_name =
-            ServerName::try_from(grant.resolved.connect.host.clone()).map_err(|_| {
-                format!(
-                    "gatehouse: kube_api host {} is not a valid TLS name",
-                    grant.resolved.connect.host
-                )
-            })?;
-        let connector = Connector {
-            conn: self.conn.clone(),
-            resolved: Arc::new(grant.resolved.clone()),
-            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-            server_name,
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let client = upstream::new_client(
+            &self.conn,
+            &grant.resolved,
+            &grant.kube_ca,
+            &grant.credential.credential,
+            &self.cluster,
+        )?;
         *held = Some((key, client.clone()));
         Ok(client)
     }
@@ -659,238 +503,6 @@ fn is_kube_upgrade(value: &str) -> bool {
         .split(',')
         .map(str::trim)
         .all(|p| p.eq_ignore_ascii_case("websocket") || p.eq_ignore_ascii_case("SPDY/3.1"))
-}
-
-/// The certificates of a cluster's `kube_ca` (base64 of PEM).
-fn kube_ca_certs(kube_ca: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    use base64::Engine;
-    let pem = base64::engine::general_purpose::STANDARD
-        .decode(kube_ca)
-        .map_err(|_| "is not base64".to_string())?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| "is not PEM".to_string())?;
-    if certs.is_empty() {
-        return Err("holds no certificate".into());
-    }
-    Ok(certs)
-}
-
-/// An error and its causes, as one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let s = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        next = cause.source();
-    }
-    parts.join(": ")
-}
-
-/// The gateway's own answer to a request it does not pass on.
-///
-/// For a resource request, a Kubernetes `Status` (JSON), which kubectl
-/// prints as `Error from server (Reason): message`. For discovery
-/// (`/api`, `/apis`, `/version`, …), whose errors client-go reads only as
-/// text and replaces for a 503 with a fixed sentence, plain text, and 502
-/// instead of 503 so the message (and the command that fixes it) reaches
-/// the user.
-fn answer(info: &RequestInfo, code: StatusCode, message: &str) -> Reply {
-    if info.resource.is_some() {
-        return status(code, message);
-    }
-    let code = if code == StatusCode::SERVICE_UNAVAILABLE {
-        StatusCode::BAD_GATEWAY
-    } else {
-        code
-    };
-    let mut r = Response::new(
-        Full::new(Bytes::from(format!("{message}\n")))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *r.status_mut() = code;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-/// A Kubernetes `Status` object.
-fn status_object(code: StatusCode, message: &str) -> serde_json::Value {
-    let reason = match code {
-        StatusCode::FORBIDDEN => "Forbidden",
-        StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
-        StatusCode::BAD_REQUEST => "BadRequest",
-        StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
-        StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
-        _ => "InternalError",
-    };
-    serde_json::json!({
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code.as_u16(),
-    })
-}
-
-/// A Kubernetes `Status` answer.
-fn status(code: StatusCode, message: &str) -> Reply {
-    let body = status_object(code, message);
-    let mut r = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *r.status_mut() = code;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn empty() -> BoxBody<Bytes, BoxError> {
-    Full::new(Bytes::new())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// A response body from the API server that ends in an error when access
-/// is revoked: a watch or `logs -f` is cut, not left open.
-struct Cut {
-    inner: Incoming,
-    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// Sent once when cut, then the stream ends.
-    last_word: Option<Bytes>,
-    said: bool,
-    /// The account's place among its requests in flight, held while the
-    /// body streams.
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl Body for Cut {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if this.cancelled.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(match this.last_word.take() {
-                Some(word) => {
-                    this.said = true;
-                    Some(Ok(Frame::data(word)))
-                }
-                // A watch ends cleanly after its ERROR event, as the API
-                // server ends one; anything else is cut short.
-                None if this.said => None,
-                None => Some(Err("access revoked".into())),
-            });
-        }
-        Pin::new(&mut this.inner)
-            .poll_frame(cx)
-            .map_err(|e| Box::new(e) as BoxError)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// Connects to the API server: [`dial`] (held to the operator's rules on
-/// every connect), then TLS verified with the cluster's `kube_ca`.
-#[derive(Clone)]
-struct Connector {
-    conn: Arc<ConnCtx>,
-    resolved: Arc<Resolved>,
-    tls: tokio_rustls::TlsConnector,
-    server_name: ServerName<'static>,
-}
-
-impl tower_service::Service<hyper::Uri> for Connector {
-    type Response = Upstream;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Upstream, std::io::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: hyper::Uri) -> Self::Future {
-        let me = self.clone();
-        Box::pin(async move {
-            let (tcp, _) = dial(&me.conn, &me.resolved).await.map_err(|e| match e {
-                Dial::Refused(why) => std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!("refused: {why}"),
-                ),
-                Dial::Failed(why) => std::io::Error::other(why),
-            })?;
-            let _ = tcp.set_nodelay(true);
-            let timeout = me.conn.shared.config.limits.connect_timeout;
-            let handshake = me.tls.connect(me.server_name.clone(), tcp);
-            let tls = tokio::time::timeout(timeout, handshake)
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no TLS handshake within {} s", timeout.as_secs()),
-                    )
-                })??;
-            Ok(Upstream(TokioIo::new(tls)))
-        })
-    }
-}
-
-/// A TLS connection to an API server, as hyper's client pool holds it.
-struct Upstream(TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>);
-
-impl Connection for Upstream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl hyper::rt::Read for Upstream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for Upstream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
 }
 
 /// The channel as a byte stream, counting what passes and keeping the
