@@ -515,6 +515,32 @@ fn kubectl_as_yourself_through_socks_and_a_local_forward() {
         "{metrics}"
     );
 
+    // Pointing kube_ca (or kube_api) elsewhere clears the credential: it
+    // was given for this API server, and must not follow an admin's change.
+    use base64::Engine;
+    let other = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(dir(&w).join("client.crt")).unwrap());
+    let r = w.ssh(
+        "alice",
+        &["cluster", "config", "c1", &format!("kube_ca={other}")],
+    );
+    r.ok();
+    assert!(r.stdout.contains("credential was cleared"), "{r:?}");
+    let show = w.ssh("alice", &["cluster", "config", "c1", "--json"]);
+    assert_eq!(show.ok().json()["credential"]["set"], false);
+    let ca = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(dir(&w).join("ca.crt")).unwrap());
+    w.ssh(
+        "alice",
+        &["cluster", "config", "c1", &format!("kube_ca={ca}")],
+    )
+    .ok();
+    // A credential given as an argument is refused and never recorded.
+    let typed = "typed-secret-0d6e3f1a9b";
+    w.ssh("alice", &["cluster", "credential", "set", "c1", typed])
+        .fails(2, "on stdin");
+    w.set_token();
+
     // Clearing it: requests fail again, naming the fix.
     w.ssh("alice", &["cluster", "credential", "clear", "c1"])
         .ok();
@@ -532,6 +558,11 @@ fn kubectl_as_yourself_through_socks_and_a_local_forward() {
     }
     let everything = format!("{}{}", w.seen.borrow(), w.gw.log_text());
     assert!(!everything.contains(TOKEN), "the token leaked");
+    let audit = w.audit();
+    assert!(
+        !format!("{audit:?}{}", w.gw.log_text()).contains("typed-secret"),
+        "a credential typed as an argument was recorded"
+    );
     let key_line = pem
         .lines()
         .skip_while(|l| !l.contains("PRIVATE KEY"))

@@ -377,16 +377,19 @@ pub(super) async fn run(
                     check_reachable(ctx, &c, change, v).await?;
                 }
             }
-            store.cluster_configure(&c, &changes).await?;
+            let cleared = store.cluster_configure(&c, &changes).await?;
             ctx.sessions.nudge();
             let keys: Vec<&str> = settings
                 .iter()
                 .filter_map(|s| s.split('=').next())
                 .collect();
-            done(
-                format!("updated {} of cluster {name}", keys.join(", ")),
-                as_json,
-            )
+            let mut said = format!("updated {} of cluster {name}", keys.join(", "));
+            if cleared {
+                said.push_str(&format!(
+                    "; its credential was cleared, as it was given for the old API server: set it again with `cluster credential set {name}`"
+                ));
+            }
+            done(said, as_json)
         }
     }
 }

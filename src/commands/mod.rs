@@ -347,8 +347,15 @@ struct Noted {
 /// Runs one command line (already split into words) and audits it.
 /// `confirmed` is true on the second run after the user answered yes.
 pub async fn execute(ctx: &Ctx<'_>, words: &[String], confirmed: bool) -> Response {
-    let line = shell_words::join(words);
+    let line = recorded_line(words);
     let json_wanted = words.iter().any(|w| w == "--json");
+    if credential_in_arguments(words) {
+        let e = CmdError::Usage(
+            "`cluster credential set CLUSTER` takes the credential on stdin, never as an argument (it would stay in shell history and process lists): pipe it, e.g. `ssh GW cluster credential set CLUSTER < token`".into(),
+        );
+        audit(ctx, "invalid", None, &line, "", Some(&e)).await;
+        return error_response(e, json_wanted);
+    }
     let parsed = match parse(words) {
         Ok(Ok(inv)) => inv,
         Ok(Err(help)) => {
@@ -463,6 +470,67 @@ fn target_of(cmd: &Cmd) -> String {
     }
 }
 
+/// The words of a command line after its global options (`-p NAME`,
+/// `--project NAME`, `--project=NAME`, `--json`).
+fn command_words(words: &[String]) -> Vec<&str> {
+    let mut rest = Vec::new();
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        match w.as_str() {
+            "-p" | "--project" => {
+                it.next();
+            }
+            "--json" | "--" => {}
+            w if w.starts_with("--project=") => {}
+            w => rest.push(w),
+        }
+    }
+    rest
+}
+
+/// Whether a `cluster credential …` line carries more than its cluster: a
+/// secret typed where it must not go.
+fn credential_in_arguments(words: &[String]) -> bool {
+    matches!(
+        command_words(words).as_slice(),
+        ["cluster", "credential", _, _, _, ..]
+    )
+}
+
+/// The command line as the audit log and the log keep it: whole, except
+/// what may be a secret typed in the wrong place. Words after `cluster
+/// credential set|clear CLUSTER`, values of keys `cluster config` does not
+/// know, and a long lone word that is no command (a token pasted into the
+/// shell) are not recorded.
+pub(crate) fn recorded_line(words: &[String]) -> String {
+    let command = command_words(words);
+    let hidden = |w: &str| -> bool {
+        match command.as_slice() {
+            ["cluster", "credential", _, _, more @ ..] => more.contains(&w),
+            ["cluster", "config", _, settings @ ..] => {
+                settings.contains(&w)
+                    && w.split_once('=')
+                        .is_some_and(|(k, _)| !cluster::CONFIG_KEYS.contains(&k))
+            }
+            [one] => one.len() >= 20 && *one == w && !grammar::is_command_word(one),
+            _ => false,
+        }
+    };
+    let kept: Vec<String> = words
+        .iter()
+        .map(|w| {
+            if !hidden(w) {
+                w.clone()
+            } else if let Some((k, _)) = w.split_once('=') {
+                format!("{k}=[not recorded]")
+            } else {
+                "[not recorded]".to_string()
+            }
+        })
+        .collect();
+    shell_words::join(kept)
+}
+
 /// Records one command as an audit event and a log line: `command` is its
 /// name, `line` the whole command line as typed, `error` how it failed, if
 /// it did. The outcome words are the metric's (ok, usage, denied, failed).
@@ -563,4 +631,47 @@ fn done(message: String, as_json: bool) -> Outcome_ {
 
 fn text(s: String) -> Outcome_ {
     Ok(Reply::Text(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(s: &str) -> String {
+        let words: Vec<String> = s.split(' ').map(str::to_string).collect();
+        recorded_line(&words)
+    }
+
+    #[test]
+    fn secrets_typed_in_the_wrong_place_are_not_recorded() {
+        assert_eq!(
+            line("cluster credential set c1 tok-123"),
+            "cluster credential set c1 '[not recorded]'"
+        );
+        assert_eq!(
+            line("-p train cluster credential set c1 --token tok-123"),
+            "-p train cluster credential set c1 '[not recorded]' '[not recorded]'"
+        );
+        assert_eq!(
+            line("cluster credential set c1"),
+            "cluster credential set c1"
+        );
+        assert_eq!(
+            line("cluster config c1 token=abc description=x"),
+            "cluster config c1 'token=[not recorded]' 'description=x'"
+        );
+        assert_eq!(line("eyJhbGciOiJSUzI1NiIsImtpZCI6"), "'[not recorded]'");
+        // Ordinary lines, mistakes included, are kept whole.
+        assert_eq!(
+            line("member add bob@example.com"),
+            "member add bob@example.com"
+        );
+        assert_eq!(line("clster list"), "clster list");
+        assert_eq!(line("whoami"), "whoami");
+        let words: Vec<String> = ["cluster", "credential", "set", "c1", "x"]
+            .map(String::from)
+            .to_vec();
+        assert!(credential_in_arguments(&words));
+        assert!(!credential_in_arguments(&words[..4]));
+    }
 }

@@ -421,14 +421,36 @@ impl Store {
     }
 
     /// Applies validated config changes in one transaction. A change of
-    /// `kube_api` or `dashboard` ends the forwards to the old addresses.
+    /// `kube_api` or `dashboard` ends the forwards to the old addresses. A
+    /// change of `kube_api` or `kube_ca` also clears the cluster's
+    /// credential: it was given for the API server they named, and an
+    /// admin could otherwise point them at a server of their own and read
+    /// the credential back. Returns true when it cleared one.
     pub async fn cluster_configure(
         &self,
         cluster: &Cluster,
         changes: &[ClusterConfigChange],
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let cluster_id = cluster.id;
         let mut tx = self.begin_write().await?;
+        let server_changed = changes.iter().any(|c| match c {
+            ClusterConfigChange::KubeApi(v) => *v != cluster.kube_api,
+            ClusterConfigChange::KubeCa(v) => *v != cluster.kube_ca,
+            _ => false,
+        });
+        let mut cleared = false;
+        if server_changed {
+            let done = sqlx::query("DELETE FROM cluster_credentials WHERE cluster_id = $1")
+                .bind(cluster_id)
+                .execute(&mut *tx)
+                .await?;
+            cleared = done.rows_affected() > 0;
+            let r = Revocation::KubeCredential {
+                project: cluster.project.clone(),
+                cluster: cluster.name.clone(),
+            };
+            super::revocations::append(&mut *tx, &r).await?;
+        }
         if changes.iter().any(|c| {
             matches!(
                 c,
@@ -463,7 +485,7 @@ impl Store {
             q.bind(cluster_id).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(cleared)
     }
 
     pub async fn volumes(&self, project_id: i64) -> Result<Vec<Volume>> {
