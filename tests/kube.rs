@@ -337,6 +337,8 @@ fn kubectl_as_yourself_through_socks_and_a_local_forward() {
             1,
             "{req}"
         );
+        // The cluster's audit log sees where the user really is.
+        assert_eq!(header(req, "x-forwarded-for"), ["127.0.0.1"], "{req}");
     }
     for req in &record {
         let text = req.to_string();
@@ -772,4 +774,50 @@ print(got.decode())
         assert!(Instant::now() < deadline, "no kube exec event: {audit:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A front door that never gets a request does not hold its channel: it is
+/// closed after the 30 s a request head may take.
+#[test]
+fn a_front_door_without_requests_is_closed() {
+    let Some(w) = world() else { return };
+    let local = common::free_port();
+    let _tunnel = w.tunnel("bob", &["-L", &format!("{local}:kube.c1.train:443")], local);
+    let client = r#"
+import socket, ssl, sys, time
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=90), server_hostname="kube.c1.train")
+start = time.time()
+try:
+    data = s.recv(1)
+    print("closed" if data == b"" else "data", round(time.time() - start))
+except (ssl.SSLError, ConnectionError) as e:
+    print("closed", round(time.time() - start))
+except socket.timeout:
+    print("still open")
+"#;
+    let r = common::run_with_timeout(
+        Command::new("python3")
+            .arg("-c")
+            .arg(client)
+            .arg(local.to_string())
+            .arg(w.gw.path("data/kube_ca.crt")),
+        None,
+        Duration::from_secs(120),
+    );
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        out.starts_with("closed"),
+        "{out} {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(
+        w.audit().iter().any(|e| e["action"] == "forward"
+            && e["detail"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("closed: idle")),
+        "the forward's event says why"
+    );
 }

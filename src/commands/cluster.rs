@@ -28,6 +28,9 @@ pub const DEFAULT_NODE_USER: &str = "ubuntu";
 pub struct EffectiveConfig {
     pub description: String,
     pub kube_api: Option<String>,
+    /// True when `kube_api` is the default (the first node's host, port
+    /// 6443) rather than set: forwards use it, the front door does not.
+    pub kube_api_is_default: bool,
     pub dashboard: Option<String>,
     pub node_user: String,
     pub kube_ca: Option<String>,
@@ -62,6 +65,7 @@ fn effective(cluster: &Cluster, nodes: &[Node]) -> EffectiveConfig {
     EffectiveConfig {
         description: cluster.description.clone(),
         kube_api: kube_api_of(cluster, nodes),
+        kube_api_is_default: cluster.kube_api.is_none(),
         dashboard: cluster.dashboard.clone(),
         node_user: cluster.node_user.clone(),
         kube_ca: cluster.kube_ca.clone(),
@@ -174,7 +178,13 @@ fn render_config(cfg: &EffectiveConfig) -> String {
         .map(|c| format!("set ({} base64 characters)", c.len()));
     let rows = [
         ("description", or_dash(Some(&cfg.description))),
-        ("kube_api", or_dash(cfg.kube_api.as_deref())),
+        (
+            "kube_api",
+            match (&cfg.kube_api, cfg.kube_api_is_default) {
+                (Some(a), true) => format!("{a} (default; set it for kubectl through the gateway)"),
+                (a, _) => or_dash(a.as_deref()),
+            },
+        ),
         ("dashboard", or_dash(cfg.dashboard.as_deref())),
         ("node_user", cfg.node_user.clone()),
         ("kube_ca", or_dash(kube_ca.as_deref())),

@@ -45,6 +45,11 @@ fn parse_pem(text: &str) -> Result<ClusterCredential, String> {
             "invalid credential: PEM input is at most {MAX_PEM} bytes"
         ));
     }
+    if text.contains("ENCRYPTED") {
+        return Err(
+            "invalid credential: the private key is encrypted; give it decrypted (openssl pkey -in key.pem -out plain.pem)".into(),
+        );
+    }
     // Stray text (a token pasted before the PEM, say) is a mistake to
     // point out, not something to drop quietly.
     let mut inside = false;

@@ -16,6 +16,9 @@ pub struct Identity {
     pub groups: Vec<String>,
     /// `Impersonate-Extra-gatehouse-session`: the SSH session id.
     pub session: String,
+    /// `X-Forwarded-For`: the SSH client's address, which the API server's
+    /// audit log records among the request's source IPs.
+    pub client_ip: Option<String>,
 }
 
 impl Identity {
@@ -28,6 +31,7 @@ impl Identity {
                 "gatehouse:authenticated".to_string(),
             ],
             session: session.to_string(),
+            client_ip: None,
         }
     }
 }
@@ -56,10 +60,14 @@ fn is_identity_header(name: &str) -> bool {
         || name == "cookie"
         || name.starts_with("impersonate-")
         || name.starts_with("x-remote-")
-        || name.starts_with("x-forwarded-user")
-        || name.starts_with("x-forwarded-group")
-        || name.starts_with("x-forwarded-email")
+        || name.starts_with("x-forwarded-")
+        || name == "forwarded"
+        || name == "x-real-ip"
+        || name == "remote-user"
         || name.starts_with("x-auth-request-")
+        || name.starts_with("x-webauth-")
+        || name.starts_with("x-authenticated-")
+        || name.contains("client-cert")
 }
 
 /// The WebSocket subprotocol in which a client may send a bearer token to
@@ -137,6 +145,9 @@ pub fn rewrite_request(
     if let Some(v) = value(&identity.session) {
         headers.insert("impersonate-extra-gatehouse-session", v);
     }
+    if let Some(v) = identity.client_ip.as_deref().and_then(value) {
+        headers.insert("x-forwarded-for", v);
+    }
     if let Some(token) = bearer
         && let Some(mut v) = value(&format!("Bearer {token}"))
     {
@@ -170,14 +181,33 @@ impl RequestInfo {
     /// Classifies `method path?query` as kube-apiserver does for
     /// `/api/v1/...` and `/apis/GROUP/VERSION/...`.
     pub fn parse(method: &Method, path: &str, query: Option<&str>) -> RequestInfo {
-        // As the API server parses it (Go's strconv.ParseBool).
-        let watch = query.is_some_and(|q| {
-            q.split('&').any(|kv| {
-                kv.strip_prefix("watch=")
-                    .is_some_and(|v| matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True"))
+        // As the API server reads them: the query decoded, `watch` with Go's
+        // strconv.ParseBool, the path's segments decoded.
+        let mut watch = query.is_some_and(|q| {
+            form_urlencoded::parse(q.as_bytes()).any(|(k, v)| {
+                k == "watch" && matches!(&*v, "1" | "t" | "T" | "true" | "TRUE" | "True")
             })
         });
-        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let decoded: Vec<String> = path
+            .trim_matches('/')
+            .split('/')
+            .map(|p| {
+                percent_encoding::percent_decode_str(p)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .collect();
+        let mut parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
+        // The legacy `/api/v1/watch/...` form.
+        let at = match parts.first() {
+            Some(&"api") => 2,
+            Some(&"apis") => 3,
+            _ => usize::MAX,
+        };
+        if parts.get(at) == Some(&"watch") {
+            parts.remove(at);
+            watch = true;
+        }
         let rest: &[&str] = match parts.as_slice() {
             ["api", _version, rest @ ..] => rest,
             ["apis", _group, _version, rest @ ..] => rest,
@@ -260,6 +290,16 @@ mod tests {
         assert_eq!(info(Method::GET, pods, Some("watch=True")).verb, "watch");
         assert_eq!(info(Method::GET, pods, Some("watch=false")).verb, "list");
         assert_eq!(
+            info(Method::GET, pods, Some("%77atch=%74rue")).verb,
+            "watch"
+        );
+        assert_eq!(
+            info(Method::GET, "/api/v1/watch/namespaces/a/pods", None).verb,
+            "watch"
+        );
+        let exec = info(Method::GET, "/api/v1/namespaces/a/pods/p/%65xec", None);
+        assert_eq!(exec.pod_stream(), Some("exec"));
+        assert_eq!(
             info(Method::GET, pods, Some("watch=1&resourceVersion=1")).verb,
             "watch"
         );
@@ -316,6 +356,9 @@ mod tests {
         h.insert("impersonate_user", HeaderValue::from_static("root"));
         h.insert("x_remote_group", HeaderValue::from_static("system:masters"));
         h.insert("x-forwarded-user", HeaderValue::from_static("root"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.9.9.9"));
+        h.insert("x-real-ip", HeaderValue::from_static("10.9.9.9"));
+        h.insert("x-forwarded-client-cert", HeaderValue::from_static("x"));
         h.insert(
             "sec-websocket-protocol",
             HeaderValue::from_static(
@@ -329,7 +372,8 @@ mod tests {
         );
         h.insert("x-sneaky", HeaderValue::from_static("1"));
         h.insert("accept", HeaderValue::from_static("application/json"));
-        let id = Identity::new("alice@example.com", "train", Role::Admin, "s1");
+        let mut id = Identity::new("alice@example.com", "train", Role::Admin, "s1");
+        id.client_ip = Some("192.0.2.7".into());
         rewrite_request(&mut h, &id, Some("gw-token"), false);
         assert_eq!(h["impersonate-user"], "alice@example.com");
         let groups: Vec<_> = h.get_all("impersonate-group").iter().collect();
@@ -337,6 +381,7 @@ mod tests {
         assert_eq!(h["impersonate-extra-gatehouse-session"], "s1");
         assert_eq!(h["authorization"], "Bearer gw-token");
         assert_eq!(h["sec-websocket-protocol"], "v5.channel.k8s.io");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         for gone in [
             "impersonate-uid",
             "impersonate-extra-scopes",
@@ -344,6 +389,8 @@ mod tests {
             "impersonate_user",
             "x_remote_group",
             "x-forwarded-user",
+            "x-real-ip",
+            "x-forwarded-client-cert",
             "proxy-authorization",
             "connection",
             "x-sneaky",

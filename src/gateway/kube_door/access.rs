@@ -125,7 +125,15 @@ pub(super) async fn grant(
             ))
         })?;
     Ok(Grant {
-        identity: Identity::new(&account.email, project, membership.role, &conn.session_id),
+        identity: {
+            let mut id = Identity::new(&account.email, project, membership.role, &conn.session_id);
+            id.client_ip = conn
+                .source
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .map(|a| a.ip().to_string());
+            id
+        },
         resolved,
         kube_ca,
         credential,

@@ -52,7 +52,13 @@ const MAX_IN_FLIGHT: usize = 256;
 const RESPONSE_HEAD: Duration = Duration::from_secs(120);
 /// How long a cut connection may take to say why before it is dropped.
 const LAST_WORD: Duration = Duration::from_millis(200);
-/// How long a client may take to send a request's head.
+/// How often a door checks whether it is idle.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+/// How long a door that has served requests stays open with none in
+/// progress (kubectl keeps idle connections for 90 s).
+const DOOR_IDLE: Duration = Duration::from_secs(300);
+/// How long a client may take to send a request's head, and a new door its
+/// first request.
 const REQUEST_HEAD: Duration = Duration::from_secs(30);
 /// How much of a request's path and query the audit log keeps, in bytes.
 const AUDIT_PATH: usize = 512;
@@ -109,6 +115,8 @@ pub(super) async fn serve(
         streams: TaskTracker::new(),
         upstream: Mutex::new(None),
         requests: AtomicU64::new(0),
+        busy: AtomicU64::new(0),
+        idle_since: Mutex::new(Instant::now()),
     });
     let service = {
         let door = door.clone();
@@ -130,16 +138,28 @@ pub(super) async fn serve(
         .max_concurrent_streams(MAX_STREAMS);
     let serving = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(serving);
-    let end = tokio::select! {
-        r = &mut serving => match r {
-            Ok(()) => "closed".to_string(),
-            Err(e) => format!("ended: {e}"),
-        },
-        _ = cancel.cancelled() => {
-            // Cut watches send their last word (why) as they end; give
-            // that a moment to leave, never more.
-            let _ = tokio::time::timeout(LAST_WORD, &mut serving).await;
-            "ended: access revoked or session closed".to_string()
+    let mut idle_check = tokio::time::interval(IDLE_CHECK);
+    let end = loop {
+        tokio::select! {
+            r = &mut serving => break match r {
+                Ok(()) => "closed".to_string(),
+                Err(e) => format!("ended: {e}"),
+            },
+            _ = cancel.cancelled() => {
+                // Cut watches send their last word (why) as they end; give
+                // that a moment to leave, never more.
+                let _ = tokio::time::timeout(LAST_WORD, &mut serving).await;
+                break "ended: access revoked or session closed".to_string();
+            }
+            _ = idle_check.tick() => {
+                if door.idle_for() > door.idle_limit() {
+                    // GOAWAY on HTTP/2, a close between requests on
+                    // HTTP/1.1: clients reconnect when they need to.
+                    serving.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(LAST_WORD, &mut serving).await;
+                    break "closed: idle".to_string();
+                }
+            }
         }
     };
     // Upgraded streams (exec, port-forward) outlive the HTTP connection
@@ -168,6 +188,22 @@ struct Door {
     /// is unchanged (pooled connections).
     upstream: Mutex<Option<(UpstreamKey, Client<Connector, Incoming>)>>,
     requests: AtomicU64,
+    /// Requests in progress: from their head until their response (or
+    /// upgraded stream) ends.
+    busy: AtomicU64,
+    /// Since when no request has been in progress.
+    idle_since: Mutex<Instant>,
+}
+
+/// One request in progress on a door, until dropped.
+struct Busy(Arc<Door>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        }
+    }
 }
 
 /// What an upstream client was made from.
@@ -179,8 +215,30 @@ struct UpstreamKey {
 }
 
 impl Door {
+    /// How long no request has been in progress (zero while one is).
+    fn idle_for(&self) -> Duration {
+        if self.busy.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        self.idle_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    /// A door that never got a request closes sooner than one in use.
+    fn idle_limit(&self) -> Duration {
+        if self.requests.load(Ordering::Relaxed) == 0 {
+            REQUEST_HEAD
+        } else {
+            DOOR_IDLE
+        }
+    }
+
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Reply {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        let busy = Busy(self.clone());
         self.conn.touch();
         let started = Instant::now();
         let path = req.uri().path().to_string();
@@ -332,6 +390,7 @@ impl Door {
             .await;
             self.streams.spawn(async move {
                 let _permit = permit;
+                let _busy = busy;
                 door.relay(from_client, to_api, &what, &object, &args, started)
                     .await
             });
@@ -365,6 +424,7 @@ impl Door {
             last_word,
             said: false,
             _permit: permit,
+            _busy: Box::new(busy),
         };
         Response::from_parts(parts, body.boxed())
     }

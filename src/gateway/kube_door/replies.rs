@@ -100,6 +100,8 @@ pub(super) struct Cut {
     /// The account's place among its requests in flight, held while the
     /// body streams.
     pub(super) _permit: tokio::sync::OwnedSemaphorePermit,
+    /// Keeps the door from counting as idle while the body streams.
+    pub(super) _busy: Box<dyn Send + Sync>,
 }
 
 impl Body for Cut {
