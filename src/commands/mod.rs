@@ -472,7 +472,7 @@ fn target_of(cmd: &Cmd) -> String {
 
 /// The words of a command line after its global options (`-p NAME`,
 /// `--project NAME`, `--project=NAME`, `--json`).
-fn command_words(words: &[String]) -> Vec<&str> {
+pub(crate) fn command_words(words: &[String]) -> Vec<&str> {
     let mut rest = Vec::new();
     let mut it = words.iter();
     while let Some(w) = it.next() {

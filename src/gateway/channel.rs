@@ -161,19 +161,7 @@ async fn exec(conn: &ConnCtx, channel: &mut Io, command: &[u8], width: Option<u3
 /// What a command reads from stdin, if it does: `key add` with no key in
 /// its arguments takes the key, `cluster credential set` the credential.
 fn reads_stdin(words: &[String]) -> Option<&'static str> {
-    let mut rest = Vec::new();
-    let mut it = words.iter();
-    while let Some(w) = it.next() {
-        match w.as_str() {
-            "-p" | "--project" => {
-                it.next();
-            }
-            "--json" => {}
-            w if w.starts_with("--project=") => {}
-            w => rest.push(w),
-        }
-    }
-    match rest.as_slice() {
+    match crate::commands::command_words(words).as_slice() {
         ["key", "add"] => Some("public key"),
         ["cluster", "credential", "set", _] => Some("credential"),
         _ => None,

@@ -95,6 +95,22 @@ impl Revocation {
 }
 
 impl Revocation {
+    /// The feed's name for this kind of revocation (its `kind` column).
+    fn kind(&self) -> &'static str {
+        match self {
+            Revocation::Account { .. } => "account",
+            Revocation::Key { .. } => "key",
+            Revocation::Membership { .. } => "membership",
+            Revocation::Role { .. } => "role",
+            Revocation::Node { .. } => "node",
+            Revocation::Cluster { .. } => "cluster",
+            Revocation::Session { .. } => "session",
+            Revocation::Project { .. } => "project",
+            Revocation::ClusterApi { .. } => "cluster_api",
+            Revocation::KubeCredential { .. } => "kube_credential",
+        }
+    }
+
     /// Why sessions or channels end, as the person cut is told (an SSH
     /// disconnect message, or a line on their shell): always "access
     /// revoked", then the cause.
@@ -214,20 +230,12 @@ where
         Revocation::Membership {
             account_id,
             project,
-        } => (
-            "membership",
-            Some(*account_id),
-            Some(project),
-            None,
-            None,
-            None,
-            None,
-        ),
-        Revocation::Role {
+        }
+        | Revocation::Role {
             account_id,
             project,
         } => (
-            "role",
+            r.kind(),
             Some(*account_id),
             Some(project),
             None,
@@ -248,8 +256,10 @@ where
             None,
             None,
         ),
-        Revocation::Cluster { project, cluster } => (
-            "cluster",
+        Revocation::Cluster { project, cluster }
+        | Revocation::ClusterApi { project, cluster }
+        | Revocation::KubeCredential { project, cluster } => (
+            r.kind(),
             None,
             Some(project),
             Some(cluster),
@@ -266,25 +276,7 @@ where
             None,
             Some(id),
         ),
-        Revocation::ClusterApi { project, cluster } => (
-            "cluster_api",
-            None,
-            Some(project),
-            Some(cluster),
-            None,
-            None,
-            None,
-        ),
         Revocation::Project { project } => ("project", None, Some(project), None, None, None, None),
-        Revocation::KubeCredential { project, cluster } => (
-            "kube_credential",
-            None,
-            Some(project),
-            Some(cluster),
-            None,
-            None,
-            None,
-        ),
     };
     sqlx::query(
         "INSERT INTO revocations (at, kind, account_id, project, cluster, node, fingerprint, session) \
