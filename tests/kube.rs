@@ -541,6 +541,10 @@ fn kubectl_as_yourself_through_socks_and_a_local_forward() {
     let typed = "typed-secret-0d6e3f1a9b";
     w.ssh("alice", &["cluster", "credential", "set", "c1", typed])
         .fails(2, "on stdin");
+    // Nor when pasted as a command, or where a cluster name goes.
+    w.ssh("alice", &[typed]).fails(2, "error: ");
+    w.ssh("alice", &["cluster", "credential", "set", typed])
+        .fails(2, "error: ");
     w.set_token();
 
     // Clearing it: requests fail again, naming the fix.

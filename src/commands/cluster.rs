@@ -461,6 +461,16 @@ async fn credential(
             let input = ctx.stdin.unwrap_or_default();
             let credential = crate::kube::credential::parse(input).map_err(CmdError::Usage)?;
             let c = ctx.store.cluster(pid, &name).await?;
+            // The credential belongs to one API server: it is set after the
+            // address and CA that name it (changing them clears it).
+            let api = match (&c.kube_api, &c.kube_ca) {
+                (Some(api), Some(_)) => api.clone(),
+                _ => {
+                    return Err(CmdError::Failed(format!(
+                        "cluster {name} needs kube_api and kube_ca first (the credential is for that API server, and changing them clears it): `cluster config {name} kube_api=HOST:PORT kube_ca=$(base64 -w0 ca.crt)`"
+                    )));
+                }
+            };
             ctx.store
                 .cluster_credential_set(c.id, &credential, &ctx.account.login)
                 .await?;
@@ -468,7 +478,7 @@ async fn credential(
             ctx.sessions.nudge();
             done(
                 format!(
-                    "cluster {name}: credential set ({}); kube requests through the gateway now use it",
+                    "cluster {name}: credential set ({}); kube requests through the gateway now use it towards the API server at {api}",
                     credential.kind()
                 ),
                 as_json,

@@ -230,15 +230,6 @@ pub enum SessionCmd {
     Kill { id: String },
 }
 
-/// Whether `word` is a command's first word (or `help`).
-pub fn is_command_word(word: &str) -> bool {
-    use clap::CommandFactory;
-    word == "help"
-        || Invocation::command()
-            .get_subcommands()
-            .any(|c| c.get_name() == word || c.get_all_aliases().any(|a| a == word))
-}
-
 /// First words for Tab completion in the shell, and second words after them.
 pub fn completions(words_before: &[&str]) -> Vec<String> {
     use clap::CommandFactory;

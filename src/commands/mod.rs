@@ -347,7 +347,7 @@ struct Noted {
 /// Runs one command line (already split into words) and audits it.
 /// `confirmed` is true on the second run after the user answered yes.
 pub async fn execute(ctx: &Ctx<'_>, words: &[String], confirmed: bool) -> Response {
-    let line = recorded_line(words);
+    let line = Recorded::of(words);
     let json_wanted = words.iter().any(|w| w == "--json");
     if credential_in_arguments(words) {
         let e = CmdError::Usage(
@@ -497,38 +497,77 @@ fn credential_in_arguments(words: &[String]) -> bool {
     )
 }
 
-/// The command line as the audit log and the log keep it: whole, except
-/// what may be a secret typed in the wrong place. Words after `cluster
-/// credential set|clear CLUSTER`, values of keys `cluster config` does not
-/// know, and a long lone word that is no command (a token pasted into the
-/// shell) are not recorded.
-pub(crate) fn recorded_line(words: &[String]) -> String {
-    let command = command_words(words);
-    let hidden = |w: &str| -> bool {
-        match command.as_slice() {
-            ["cluster", "credential", _, _, more @ ..] => more.contains(&w),
-            ["cluster", "config", _, settings @ ..] => {
-                settings.contains(&w)
-                    && w.split_once('=')
-                        .is_some_and(|(k, _)| !cluster::CONFIG_KEYS.contains(&k))
-            }
-            [one] => one.len() >= 20 && *one == w && !grammar::is_command_word(one),
-            _ => false,
+/// A command line as the audit log and the log keep it: whole, except
+/// what may be a secret typed in the wrong place, which is recorded as
+/// `[not recorded]` there and in the error that quotes it.
+pub(crate) struct Recorded {
+    pub line: String,
+    hidden: Vec<String>,
+}
+
+impl Recorded {
+    /// Hides the words after `cluster credential set|clear CLUSTER`, the
+    /// values of keys `cluster config` does not know, and any word that
+    /// looks like a token ([`looks_secret`]).
+    pub(crate) fn of(words: &[String]) -> Recorded {
+        let command = command_words(words);
+        let hidden = |w: &str| -> bool {
+            let by_place = match command.as_slice() {
+                ["cluster", "credential", _, _, more @ ..] => more.contains(&w),
+                ["cluster", "config", _, settings @ ..] => {
+                    settings.contains(&w)
+                        && w.split_once('=')
+                            .is_some_and(|(k, _)| !cluster::CONFIG_KEYS.contains(&k))
+                }
+                _ => false,
+            };
+            by_place || looks_secret(w.split_once('=').map_or(w, |(_, v)| v))
+        };
+        let mut secrets = Vec::new();
+        let kept: Vec<String> = words
+            .iter()
+            .map(|w| {
+                if !hidden(w) {
+                    return w.clone();
+                }
+                secrets.push(w.clone());
+                match w.split_once('=') {
+                    Some((k, v)) => {
+                        secrets.push(v.to_string());
+                        format!("{k}=[not recorded]")
+                    }
+                    None => "[not recorded]".to_string(),
+                }
+            })
+            .collect();
+        // Longest first, so a value inside its `key=value` is not left half.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Recorded {
+            line: shell_words::join(kept),
+            hidden: secrets.into_iter().filter(|s| !s.is_empty()).collect(),
         }
-    };
-    let kept: Vec<String> = words
-        .iter()
-        .map(|w| {
-            if !hidden(w) {
-                w.clone()
-            } else if let Some((k, _)) = w.split_once('=') {
-                format!("{k}=[not recorded]")
-            } else {
-                "[not recorded]".to_string()
-            }
+    }
+
+    /// `text` (an error, a target) without the hidden words.
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        self.hidden.iter().fold(text.to_string(), |t, w| {
+            t.replace(w.as_str(), "[not recorded]")
         })
-        .collect();
-    shell_words::join(kept)
+    }
+}
+
+/// Whether a word looks like a token or key material rather than anything
+/// a command takes: at least 20 characters of the alphabets tokens use
+/// (base64, base64url, hex, JWT dots), with letters and digits both.
+/// Key fingerprints (`SHA256:…`) are public and kept.
+fn looks_secret(word: &str) -> bool {
+    word.len() >= 20
+        && !word.starts_with("SHA256:")
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._~+/=-".contains(c))
+        && word.chars().any(|c| c.is_ascii_digit())
+        && word.chars().any(|c| c.is_ascii_alphabetic())
 }
 
 /// Records one command as an audit event and a log line: `command` is its
@@ -538,20 +577,22 @@ async fn audit(
     ctx: &Ctx<'_>,
     command: &str,
     project: Option<&str>,
-    line: &str,
+    recorded: &Recorded,
     target: &str,
     error: Option<&CmdError>,
 ) {
     let (outcome, detail) = match error {
         None => (Outcome::Ok, String::new()),
-        Some(e) => (e.outcome(), e.to_string()),
+        Some(e) => (e.outcome(), recorded.scrub(&e.to_string())),
     };
+    let target = recorded.scrub(target);
+    let line = recorded.line.as_str();
     let event = Event {
         actor: ctx.account.login.clone(),
         source: ctx.source.to_string(),
         project: project.map(str::to_string),
         action: command.to_string(),
-        target: target.to_string(),
+        target,
         args: line.to_string(),
         outcome,
         detail,
@@ -639,7 +680,7 @@ mod tests {
 
     fn line(s: &str) -> String {
         let words: Vec<String> = s.split(' ').map(str::to_string).collect();
-        recorded_line(&words)
+        Recorded::of(&words).line
     }
 
     #[test]
@@ -661,6 +702,26 @@ mod tests {
             "cluster config c1 'token=[not recorded]' 'description=x'"
         );
         assert_eq!(line("eyJhbGciOiJSUzI1NiIsImtpZCI6"), "'[not recorded]'");
+        assert_eq!(
+            line("cluster config c1 kube_api=abcdef0123456789abcdef"),
+            "cluster config c1 'kube_api=[not recorded]'"
+        );
+        assert_eq!(
+            line("cluster credential set 4f1c9a7e2b8d60354f1c"),
+            "cluster credential set '[not recorded]'"
+        );
+        let words: Vec<String> = ["-p", "train", "TTYTOK-3c84aa0912ff7e02d6"]
+            .map(String::from)
+            .to_vec();
+        let r = Recorded::of(&words);
+        assert_eq!(
+            r.scrub("unrecognized subcommand 'TTYTOK-3c84aa0912ff7e02d6'"),
+            "unrecognized subcommand '[not recorded]'"
+        );
+        assert_eq!(
+            line("key remove SHA256:OWw7urdZgcCx1G0atwl/HoOCneMTAKCLwCnm+DFCGF4"),
+            "key remove SHA256:OWw7urdZgcCx1G0atwl/HoOCneMTAKCLwCnm+DFCGF4"
+        );
         // Ordinary lines, mistakes included, are kept whole.
         assert_eq!(
             line("member add bob@example.com"),

@@ -181,12 +181,13 @@ impl RequestInfo {
     /// Classifies `method path?query` as kube-apiserver does for
     /// `/api/v1/...` and `/apis/GROUP/VERSION/...`.
     pub fn parse(method: &Method, path: &str, query: Option<&str>) -> RequestInfo {
-        // As the API server reads them: the query decoded, `watch` with Go's
-        // strconv.ParseBool, the path's segments decoded.
+        // As the API server reads them: the query decoded, and `watch` true
+        // unless its first value is `false` or `0` (its
+        // Convert_Slice_string_To_bool), an empty value included.
         let mut watch = query.is_some_and(|q| {
-            form_urlencoded::parse(q.as_bytes()).any(|(k, v)| {
-                k == "watch" && matches!(&*v, "1" | "t" | "T" | "true" | "TRUE" | "True")
-            })
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "watch")
+                .is_some_and(|(_, v)| !v.eq_ignore_ascii_case("false") && v != "0")
         });
         let decoded: Vec<String> = path
             .trim_matches('/')
@@ -289,6 +290,13 @@ mod tests {
         assert_eq!(info(Method::GET, pods, Some("limit=500")).verb, "list");
         assert_eq!(info(Method::GET, pods, Some("watch=True")).verb, "watch");
         assert_eq!(info(Method::GET, pods, Some("watch=false")).verb, "list");
+        assert_eq!(info(Method::GET, pods, Some("watch=0")).verb, "list");
+        assert_eq!(info(Method::GET, pods, Some("watch")).verb, "watch");
+        assert_eq!(info(Method::GET, pods, Some("watch=yes")).verb, "watch");
+        assert_eq!(
+            info(Method::GET, pods, Some("watch=0&watch=1")).verb,
+            "list"
+        );
         assert_eq!(
             info(Method::GET, pods, Some("%77atch=%74rue")).verb,
             "watch"
