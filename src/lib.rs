@@ -35,6 +35,7 @@
 //! | [`nodes`] | nodes asking who may log in: the answer, and enrolment |
 //! | [`reach`] | what a forward may land on: the operator's rules, checked at each connect |
 //! | [`store`] | the database (SQLite or PostgreSQL) |
+//! | [`secret_file`] | files holding secrets: private (0600) or refused |
 //! | [`audit`] | audit events |
 //! | [`commands`] | the SSH command language |
 //! | [`operator`] | the operator CLI |
@@ -56,5 +57,6 @@ pub mod operator;
 pub mod output;
 pub mod policy;
 pub mod reach;
+pub mod secret_file;
 pub mod store;
 pub mod target;

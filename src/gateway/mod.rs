@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use russh::keys::{Algorithm, PrivateKey};
 use russh::{MethodKind, MethodSet};
 use tokio::net::TcpListener;
@@ -128,45 +128,19 @@ impl ConnCtx {
 /// Loads the host key, creating it (mode 0600) on first start. An existing
 /// key that group or others can read is refused, as sshd does.
 pub fn host_key(path: &Path) -> Result<PrivateKey> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    match std::fs::metadata(path) {
-        Ok(meta) => {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                bail!(
-                    "host key {} is readable by group or others (mode {mode:03o}): run `chmod 600 {}`",
-                    path.display(),
-                    path.display()
-                );
-            }
-            russh::keys::load_secret_key(path, None)
-                .with_context(|| format!("cannot load host key {}", path.display()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(dir) = path.parent()
-                && !dir.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
-            }
-            let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
-                .context("cannot generate a host key")?;
-            let text = key
-                .to_openssh(russh::keys::ssh_key::LineEnding::LF)
-                .context("cannot encode the host key")?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot create host key {}", path.display()))?;
-            std::io::Write::write_all(&mut f, text.as_bytes())
-                .with_context(|| format!("cannot write host key {}", path.display()))?;
-            tracing::info!(path = %path.display(), "created a new ed25519 host key");
-            Ok(key)
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read host key {}", path.display())),
+    const WHAT: &str = "host key";
+    if let Some(text) = crate::secret_file::read_private(path, WHAT)? {
+        return russh::keys::decode_secret_key(&text, None)
+            .with_context(|| format!("cannot load host key {}", path.display()));
     }
+    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
+        .context("cannot generate a host key")?;
+    let text = key
+        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .context("cannot encode the host key")?;
+    crate::secret_file::create_private(path, WHAT, text.as_bytes())?;
+    tracing::info!(path = %path.display(), "created a new ed25519 host key");
+    Ok(key)
 }
 
 fn init_logging(config: &Config) {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -46,41 +46,17 @@ impl Authority {
     /// 0600) on first start and the certificate whenever it is missing. A
     /// key that group or others can read is refused, as for the host key.
     pub fn load_or_create(key_path: &Path, cert_path: &Path) -> Result<Authority> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let key = match std::fs::metadata(key_path) {
-            Ok(meta) => {
-                let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    bail!(
-                        "kube CA key {} is readable by group or others (mode {mode:03o}): run `chmod 600 {}`",
-                        key_path.display(),
-                        key_path.display()
-                    );
-                }
-                let pem = std::fs::read_to_string(key_path)
-                    .with_context(|| format!("cannot read kube CA key {}", key_path.display()))?;
-                KeyPair::from_pem(&pem)
-                    .with_context(|| format!("cannot load kube CA key {}", key_path.display()))?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                make_parent(key_path)?;
+        const WHAT: &str = "kube CA key";
+        let key = match crate::secret_file::read_private(key_path, WHAT)? {
+            Some(pem) => KeyPair::from_pem(&pem)
+                .with_context(|| format!("cannot load kube CA key {}", key_path.display()))?,
+            None => {
                 let key = KeyPair::generate().context("cannot generate the kube CA key")?;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(key_path)
-                    .with_context(|| format!("cannot create kube CA key {}", key_path.display()))?;
-                std::io::Write::write_all(&mut f, key.serialize_pem().as_bytes())
-                    .with_context(|| format!("cannot write kube CA key {}", key_path.display()))?;
+                crate::secret_file::create_private(key_path, WHAT, key.serialize_pem().as_bytes())?;
                 // A certificate left from an earlier key would not match.
                 let _ = std::fs::remove_file(cert_path);
                 tracing::info!(path = %key_path.display(), "created the kube CA key");
                 key
-            }
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot read kube CA key {}", key_path.display()));
             }
         };
         let cert_pem = match std::fs::read_to_string(cert_path) {

@@ -102,15 +102,7 @@ impl Store {
             // Whoever can read the database learns every account and key,
             // and whoever can write it owns the gateway: refuse one that
             // group or others can read, as the host key is refused.
-            if let Ok(meta) = std::fs::metadata(file) {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    anyhow::bail!(
-                        "database file {file} is readable by group or others (mode {mode:03o}): run `chmod 600 {file}`"
-                    );
-                }
-            }
+            crate::secret_file::refuse_shared(std::path::Path::new(file), "database file")?;
             // Created private; SQLite gives its -wal and -shm files the same mode.
             if !file.is_empty() && file != ":memory:" && !std::path::Path::new(file).exists() {
                 use std::os::unix::fs::OpenOptionsExt;
