@@ -115,10 +115,16 @@ pub fn admit_denial(actor: &str) -> bool {
 const MAX_FIELD: usize = 4096;
 
 fn clip(s: &str) -> String {
-    if s.len() <= MAX_FIELD {
+    clip_to(s, MAX_FIELD)
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, with `…` when
+/// it was cut.
+pub fn clip_to(s: &str, max: usize) -> String {
+    if s.len() <= max {
         return s.to_string();
     }
-    let mut end = MAX_FIELD;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }

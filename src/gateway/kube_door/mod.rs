@@ -244,18 +244,13 @@ impl Door {
         let path = req.uri().path().to_string();
         let query = req.uri().query().map(str::to_string);
         let info = RequestInfo::parse(req.method(), &path, query.as_deref());
-        let mut shown = match &query {
-            Some(q) => format!("{path}?{q}"),
-            None => path.clone(),
-        };
-        if shown.len() > AUDIT_PATH {
-            let mut cut = AUDIT_PATH;
-            while !shown.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            shown.truncate(cut);
-            shown.push('…');
-        }
+        let shown = crate::audit::clip_to(
+            &match &query {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            },
+            AUDIT_PATH,
+        );
         let args = format!("{} {shown}", info.verb);
         // CONNECT would make the API server's connection a tunnel, TRACE
         // would echo the headers the gateway added; Kubernetes uses neither.
