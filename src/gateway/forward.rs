@@ -18,6 +18,7 @@ use super::ConnCtx;
 use super::sessions::{ChannelKind, Counters, LiveChannel, Refused};
 use crate::audit::{Event, Outcome};
 use crate::reach::Facts;
+use crate::store::{Cluster, Membership, Node};
 use crate::target::{Resolved, Target};
 
 /// Buffer per direction: large enough to keep a fast link busy.
@@ -286,20 +287,27 @@ async fn resolve(conn: &ConnCtx, host: &str, port: u32) -> Result<Resolved, Stri
     resolve_target(conn, &target).await
 }
 
-/// Resolves `target` against the account's memberships, clusters and nodes
-/// as they are now, with the policy's decision.
-pub(crate) async fn resolve_target(conn: &ConnCtx, target: &Target) -> Result<Resolved, String> {
+/// What the account sees now: its memberships, their clusters and nodes,
+/// read afresh (never cached past a change).
+pub(crate) async fn seen_by(
+    conn: &ConnCtx,
+) -> Result<(Vec<Membership>, Vec<Cluster>, Vec<Node>), String> {
     let store = &conn.shared.store;
-    // Membership is read afresh at every open: never cached past a change.
     let lookups = async {
         let m = store.memberships_of(conn.account.id).await?;
         let c = store.clusters_for_account(conn.account.id).await?;
         let n = store.nodes_for_account(conn.account.id).await?;
         Ok::<_, crate::store::StoreError>((m, c, n))
     };
-    let (m, c, n) = lookups
+    lookups
         .await
-        .map_err(|e| format!("cannot check access ({e})"))?;
+        .map_err(|e| format!("cannot check access ({e})"))
+}
+
+/// Resolves `target` against what the account sees now, with the policy's
+/// decision.
+pub(crate) async fn resolve_target(conn: &ConnCtx, target: &Target) -> Result<Resolved, String> {
+    let (m, c, n) = seen_by(conn).await?;
     target.resolve(&m, &c, &n).map_err(|e| e.0)
 }
 

@@ -3,9 +3,8 @@
 use hyper::StatusCode;
 
 use super::super::ConnCtx;
-use super::super::forward::resolve_target;
+use super::super::forward::seen_by;
 use crate::kube::request::Identity;
-use crate::policy::Action;
 use crate::store::StoredCredential;
 use crate::target::{Resolved, Target};
 
@@ -69,35 +68,35 @@ pub(super) async fn grant(
             ));
         }
     };
+    // One read of what the account sees decides the target, the policy's
+    // answer, the role and the cluster's settings alike.
+    let (memberships, clusters, nodes) = seen_by(conn)
+        .await
+        .map_err(|why| Refusal::unavailable(format!("gatehouse {why}")))?;
     let target = Target::Kube {
         cluster: cluster_name.to_string(),
         project: Some(project.to_string()),
     };
-    let resolved = resolve_target(conn, &target)
-        .await
-        .map_err(|why| Refusal::forbidden(format!("gatehouse: access revoked: {why}")))?;
-    let membership = store
-        .membership(account.id, project)
-        .await
-        .map_err(unavailable)?
+    let resolved = target
+        .resolve(&memberships, &clusters, &nodes)
+        .map_err(|why| Refusal::forbidden(format!("gatehouse: access revoked: {}", why.0)))?;
+    let role = memberships
+        .iter()
+        .find(|m| m.project == project)
+        .map(|m| m.role)
         .ok_or_else(|| {
             Refusal::forbidden(format!(
-                "gatehouse: access revoked: not a member of project {}",
-                project
+                "gatehouse: access revoked: not a member of project {project}"
             ))
         })?;
-    if !crate::policy::authorize(Some(membership.role), Action::UseKubernetes).allowed() {
-        return Err(Refusal::forbidden(format!(
-            "gatehouse: not allowed in project {}",
-            project
-        )));
-    }
-    let name = crate::model::Name::parse("cluster", cluster_name)
-        .map_err(|e| Refusal::forbidden(e.to_string()))?;
-    let cluster = store
-        .cluster(membership.project_id, &name)
-        .await
-        .map_err(|e| Refusal::forbidden(format!("gatehouse: {e}")))?;
+    let cluster = clusters
+        .into_iter()
+        .find(|c| c.project == project && c.name == cluster_name)
+        .ok_or_else(|| {
+            Refusal::forbidden(format!(
+                "gatehouse: access revoked: no cluster {cluster_name} in project {project}"
+            ))
+        })?;
     let here = format!("-p {}", project);
     // The credential goes only to an address an admin named: the default
     // (the first node's host, port 6443) is a port anyone with a shell
@@ -126,7 +125,7 @@ pub(super) async fn grant(
         })?;
     Ok(Grant {
         identity: {
-            let mut id = Identity::new(&account.email, project, membership.role, &conn.session_id);
+            let mut id = Identity::new(&account.email, project, role, &conn.session_id);
             id.client_ip = conn
                 .source
                 .parse::<std::net::SocketAddr>()
