@@ -419,7 +419,7 @@ impl Door {
             last_word,
             said: false,
             _permit: permit,
-            _busy: Box::new(busy),
+            _busy: busy,
         };
         Response::from_parts(parts, body.boxed())
     }

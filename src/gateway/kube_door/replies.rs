@@ -101,7 +101,7 @@ pub(super) struct Cut {
     /// body streams.
     pub(super) _permit: tokio::sync::OwnedSemaphorePermit,
     /// Keeps the door from counting as idle while the body streams.
-    pub(super) _busy: Box<dyn Send + Sync>,
+    pub(super) _busy: super::Busy,
 }
 
 impl Body for Cut {
