@@ -538,7 +538,7 @@ fn kubectl_as_yourself_through_socks_and_a_local_forward() {
     )
     .ok();
     // A credential given as an argument is refused and never recorded.
-    let typed = "typed-secret-0d6e3f1a9b";
+    let typed = "typed-secret-0d6e3f1a9b7c5d3e1f2a4b6c8d";
     w.ssh("alice", &["cluster", "credential", "set", "c1", typed])
         .fails(2, "on stdin");
     // Nor when pasted as a command, or where a cluster name goes.

@@ -544,7 +544,10 @@ impl Recorded {
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         Recorded {
             line: shell_words::join(kept),
-            hidden: secrets.into_iter().filter(|s| !s.is_empty()).collect(),
+            hidden: secrets
+                .into_iter()
+                .filter(|s| s.len() >= SCRUB_MIN)
+                .collect(),
         }
     }
 
@@ -556,19 +559,31 @@ impl Recorded {
     }
 }
 
-/// Whether a word looks like a token or key material rather than anything
-/// a command takes: at least 20 characters of the alphabets tokens use
-/// (base64, base64url, hex, JWT dots), with letters and digits both.
-/// Key fingerprints (`SHA256:…`) are public and kept.
+/// Whether a word holds something that looks like a token or key material
+/// rather than anything a command takes: an unbroken run of at least
+/// [`TOKEN_RUN`] base64 or hex characters with letters and digits both,
+/// wherever it is in the word (`user:TOKEN`, a token with a trailing
+/// no-break space). Names break into short runs at `-` and `.`
+/// (`prod-training-cluster-01`); key fingerprints (`SHA256:…`) are public
+/// and kept.
 fn looks_secret(word: &str) -> bool {
-    word.len() >= 20
-        && !word.starts_with("SHA256:")
+    !word.starts_with("SHA256:")
         && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._~+/=-".contains(c))
-        && word.chars().any(|c| c.is_ascii_digit())
-        && word.chars().any(|c| c.is_ascii_alphabetic())
+            .split(|c: char| !(c.is_ascii_alphanumeric() || "_+/=".contains(c)))
+            .any(|run| {
+                run.len() >= TOKEN_RUN
+                    && run.chars().any(|c| c.is_ascii_digit())
+                    && run.chars().any(|c| c.is_ascii_alphabetic())
+            })
 }
+
+/// The shortest run of token characters taken for a token: 40-character
+/// hex tokens and JWT segments are longer, logins and names shorter.
+const TOKEN_RUN: usize = 24;
+
+/// Hidden words shorter than this are not searched for in the texts that
+/// quote them: a short value (`colour=c`) would blank letters everywhere.
+const SCRUB_MIN: usize = 8;
 
 /// Records one command as an audit event and a log line: `command` is its
 /// name, `line` the whole command line as typed, `error` how it failed, if
@@ -703,19 +718,41 @@ mod tests {
         );
         assert_eq!(line("eyJhbGciOiJSUzI1NiIsImtpZCI6"), "'[not recorded]'");
         assert_eq!(
-            line("cluster config c1 kube_api=abcdef0123456789abcdef"),
+            line("kubeconfig-u-ab12c:2040fc8d9e1b3a4c5d6e7f80"),
+            "'[not recorded]'"
+        );
+        assert_eq!(
+            line("cluster delete prod-training-cluster-01"),
+            "cluster delete prod-training-cluster-01"
+        );
+        assert_eq!(
+            line("cluster config c1 node_user=svcaccount2024runner"),
+            "cluster config c1 'node_user=svcaccount2024runner'"
+        );
+        let words: Vec<String> = ["cluster", "config", "c1", "colour=c"]
+            .map(String::from)
+            .to_vec();
+        let r = Recorded::of(&words);
+        assert_eq!(r.line, "cluster config c1 'colour=[not recorded]'");
+        assert_eq!(
+            r.scrub("unknown config key \"colour\""),
+            "unknown config key \"colour\"",
+            "a short hidden value does not blank letters elsewhere"
+        );
+        assert_eq!(
+            line("cluster config c1 kube_api=abcdef0123456789abcdef0123"),
             "cluster config c1 'kube_api=[not recorded]'"
         );
         assert_eq!(
-            line("cluster credential set 4f1c9a7e2b8d60354f1c"),
+            line("cluster credential set 4f1c9a7e2b8d60354f1c9a7e"),
             "cluster credential set '[not recorded]'"
         );
-        let words: Vec<String> = ["-p", "train", "TTYTOK-3c84aa0912ff7e02d6"]
+        let words: Vec<String> = ["-p", "train", "TTYTOK-3c84aa0912ff7e02d6e5f7a9"]
             .map(String::from)
             .to_vec();
         let r = Recorded::of(&words);
         assert_eq!(
-            r.scrub("unrecognized subcommand 'TTYTOK-3c84aa0912ff7e02d6'"),
+            r.scrub("unrecognized subcommand 'TTYTOK-3c84aa0912ff7e02d6e5f7a9'"),
             "unrecognized subcommand '[not recorded]'"
         );
         assert_eq!(
