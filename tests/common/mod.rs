@@ -80,11 +80,19 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Waits until something listens on the loopback `port`. A probe of a port
+/// in the ephemeral range that nothing listens on can be given that same
+/// port as its source and connect to itself (TCP simultaneous open), which
+/// once let a test run `ssh` before the gateway listened; such a probe
+/// does not count.
 pub fn wait_port(port: u16, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+            let itself = matches!((s.local_addr(), s.peer_addr()), (Ok(l), Ok(p)) if l == p);
+            if !itself {
+                return true;
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
