@@ -711,6 +711,167 @@ fn member_remove_cuts_a_running_watch_and_refuses_the_next_request() {
     assert!(!everything.contains(TOKEN), "the token leaked");
 }
 
+/// Sends `msg` through a local port and reads it back, within 10 s.
+fn echoed(port: u16, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(msg)?;
+    let mut got = vec![0; msg.len()];
+    s.read_exact(&mut got)?;
+    Ok(got)
+}
+
+/// `kubectl port-forward` streams through the front door over both of its
+/// transports, SPDY/3.1 inside a WebSocket (kubectl 1.31+) and the plain
+/// SPDY/3.1 upgrade (older kubectl), as the member it is; `member remove`
+/// cuts an open forward within a second and refuses the next one.
+#[test]
+fn kubectl_port_forward_over_websocket_and_spdy() {
+    let Some(w) = world() else { return };
+    w.set_token();
+    let socks = common::free_port();
+    let kc = w.kubeconfig("bob", &["--socks-port", &socks.to_string()]);
+    let _tunnel = w.tunnel("bob", &["-D", &socks.to_string()], socks);
+    let forward = |websockets: bool, local: u16, name: &str| -> Child {
+        w.kubectl_cmd(
+            &kc,
+            &["port-forward", "pod/trainer-0", &format!("{local}:8080")],
+        )
+        .env(
+            "KUBECTL_PORT_FORWARD_WEBSOCKETS",
+            if websockets { "true" } else { "false" },
+        )
+        .stdout(std::fs::File::create(dir(&w).join(format!("{name}.out"))).unwrap())
+        .stderr(std::fs::File::create(dir(&w).join(format!("{name}.err"))).unwrap())
+        .spawn()
+        .unwrap()
+    };
+    let said = |name: &str| {
+        ["out", "err"]
+            .map(|ext| {
+                std::fs::read_to_string(dir(&w).join(format!("{name}.{ext}"))).unwrap_or_default()
+            })
+            .join("")
+    };
+    for (websockets, name, upgrade) in
+        [(true, "pf-ws", "websocket"), (false, "pf-spdy", "SPDY/3.1")]
+    {
+        let local = common::free_port();
+        let mut pf = forward(websockets, local, name);
+        assert!(
+            common::wait_port(local, Duration::from_secs(20)),
+            "kubectl port-forward did not listen: {}",
+            said(name)
+        );
+        // Two connections one after the other: two pairs of SPDY streams.
+        for i in 0..2 {
+            let msg = format!("through the front door {name} {i}\n");
+            match echoed(local, msg.as_bytes()) {
+                Ok(got) => assert_eq!(got, msg.as_bytes()),
+                Err(e) => panic!("{name} connection {i}: {e}; kubectl said: {}", said(name)),
+            }
+        }
+        let _ = pf.kill();
+        let _ = pf.wait();
+        let record = w.record();
+        let forwards: Vec<_> = record
+            .iter()
+            .filter(|q| {
+                q["path"]
+                    .as_str()
+                    .unwrap_or("")
+                    .ends_with("/trainer-0/portforward")
+            })
+            .collect();
+        let last = forwards.last().unwrap_or_else(|| panic!("{record:?}"));
+        assert_eq!(header(last, "upgrade"), [upgrade], "{last}");
+        assert_eq!(user(last), Some("bob@example.com"));
+        assert_eq!(
+            header(last, "impersonate-group"),
+            ["gatehouse:train:member", "gatehouse:authenticated"]
+        );
+        assert_eq!(last["auth"], "token", "{last}");
+    }
+    // Each forward is an audit event with its pod and duration.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = w.audit();
+        let events = audit
+            .iter()
+            .filter(|e| {
+                e["action"] == "kube portforward"
+                    && e["actor"] == "bob"
+                    && e["target"].as_str().unwrap_or("").ends_with("/trainer-0")
+                    && e["detail"].as_str().unwrap_or("").contains("closed after")
+            })
+            .count();
+        if events >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no kube portforward events: {audit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // An open forward with a connection in it is cut when bob is removed.
+    let local = common::free_port();
+    let mut pf = forward(true, local, "pf-cut");
+    assert!(
+        common::wait_port(local, Duration::from_secs(20)),
+        "{}",
+        said("pf-cut")
+    );
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"open\n").unwrap();
+    let mut got = [0u8; 5];
+    conn.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"open\n");
+    let count = w.record().len();
+    let removed = Instant::now();
+    w.ssh("alice", &["member", "remove", "bob@example.com", "--yes"])
+        .ok();
+    let mut rest = Vec::new();
+    let read = conn.read_to_end(&mut rest);
+    let took = removed.elapsed();
+    assert!(
+        took <= Duration::from_secs(3),
+        "the forwarded connection was cut after {took:?} ({read:?})"
+    );
+    let ended = common::wait_exit(&mut pf, Duration::from_secs(10));
+    let _ = pf.kill();
+    let _ = pf.wait();
+    assert!(
+        ended.is_some(),
+        "kubectl port-forward still running: {}",
+        said("pf-cut")
+    );
+    // A new forward is refused before it reaches the API server: the
+    // gateway no longer opens the channel, and kubectl gives up.
+    let mut pf = forward(true, common::free_port(), "pf-after");
+    let ended = common::wait_exit(&mut pf, Duration::from_secs(20));
+    let _ = pf.kill();
+    let _ = pf.wait();
+    assert!(
+        ended.is_some_and(|st| !st.success()),
+        "bob's port-forward after his removal: {}",
+        said("pf-after")
+    );
+    assert!(
+        w.record()[count..]
+            .iter()
+            .all(|q| user(q) != Some("bob@example.com")),
+        "a request of bob's reached the API server"
+    );
+    let everything = format!("{}{}", w.seen.borrow(), w.gw.log_text());
+    assert!(!everything.contains(TOKEN), "the token leaked");
+}
+
 /// An upgrade kubectl's older transports use (`Upgrade: SPDY/3.1`, for exec
 /// and port-forward) is relayed as raw bytes both ways once the API server
 /// switches; the fake echoes them.
