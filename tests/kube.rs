@@ -609,13 +609,17 @@ fn first_lines(child: &mut Child, n: usize, timeout: Duration) -> Vec<String> {
     lines
 }
 
+/// Every way of losing access (the credential reset, a promotion, a
+/// demotion, account disable, key removal, member remove) cuts bob's
+/// running `kubectl get -w` within 3 s; after member remove his next
+/// request never reaches the API server.
 #[test]
 fn member_remove_cuts_a_running_watch_and_refuses_the_next_request() {
     let Some(w) = world() else { return };
     w.set_token();
     let socks = common::free_port();
     let kc = w.kubeconfig("bob", &["--socks-port", &socks.to_string()]);
-    let _tunnel = w.tunnel("bob", &["-D", &socks.to_string()], socks);
+    let mut tunnel = w.tunnel("bob", &["-D", &socks.to_string()], socks);
     // A running watch, once it streams events and the API server has it.
     let (out, errors) = (dir(&w).join("watch.out"), dir(&w).join("watch.err"));
     let start_watch = |since: usize| -> Child {
@@ -677,12 +681,64 @@ fn member_remove_cuts_a_running_watch_and_refuses_the_next_request() {
         ended.is_some() && took <= Duration::from_secs(3),
         "cut after {took:?}"
     );
-    let mut watch = start_watch(w.record().len());
-    let last = w.record().last().cloned().unwrap();
-    assert_eq!(
-        header(&last, "impersonate-group")[0],
-        "gatehouse:train:admin"
+    // Each way of losing access cuts the running watch within 3 s: the
+    // action, what bob's next watch then runs as, and whether his SSH
+    // connection (the `ssh -D`) is ended too.
+    let cut_by = |what: &str, act: &dyn Fn(), group: &str| {
+        let since = w.record().len();
+        let mut watch = start_watch(since);
+        let last = w.record()[since..]
+            .iter()
+            .rev()
+            .find(|r| user(r) == Some("bob@example.com"))
+            .cloned()
+            .unwrap();
+        assert_eq!(header(&last, "impersonate-group")[0], group, "{what}");
+        let at = Instant::now();
+        act();
+        let ended = common::wait_exit(&mut watch, Duration::from_secs(10));
+        let took = at.elapsed();
+        let _ = watch.kill();
+        let _ = watch.wait();
+        assert!(
+            ended.is_some() && took <= Duration::from_secs(3),
+            "{what}: the watch was cut after {took:?}"
+        );
+    };
+    cut_by(
+        "a demotion",
+        &|| {
+            w.ssh("alice", &["member", "role", "bob@example.com", "member"])
+                .ok();
+        },
+        "gatehouse:train:admin",
     );
+    let bob_pub = w.bob.public.to_str().unwrap().to_string();
+    cut_by(
+        "account disable",
+        &|| {
+            w.gw.cli(&["account", "disable", "bob@example.com"]).ok();
+        },
+        "gatehouse:train:member",
+    );
+    // A disabled account's SSH connections end: a new tunnel once enabled.
+    drop(tunnel);
+    w.gw.cli(&["account", "enable", "bob@example.com"]).ok();
+    tunnel = w.tunnel("bob", &["-D", &socks.to_string()], socks);
+    cut_by(
+        "key remove",
+        &|| {
+            w.gw.cli(&["key", "remove", "bob@example.com", &w.bob.fingerprint()])
+                .ok();
+        },
+        "gatehouse:train:member",
+    );
+    drop(tunnel);
+    w.gw.cli(&["key", "add", "bob@example.com", "--file", &bob_pub])
+        .ok();
+    let _tunnel = w.tunnel("bob", &["-D", &socks.to_string()], socks);
+
+    let mut watch = start_watch(w.record().len());
     let removed = Instant::now();
     w.ssh("alice", &["member", "remove", "bob@example.com", "--yes"])
         .ok();
