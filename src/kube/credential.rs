@@ -99,6 +99,7 @@ fn parse_pem(text: &str) -> Result<ClusterCredential, String> {
             format!("invalid credential: {e}")
         }
     })?;
+    expiry(&certs[0], time::OffsetDateTime::now_utc())?;
     let chain_pem = certs
         .iter()
         .map(|c| pem_block("CERTIFICATE", c.as_ref()))
@@ -113,6 +114,39 @@ fn parse_pem(text: &str) -> Result<ClusterCredential, String> {
         chain_pem,
         key_pem: pem_block(label, &key_der),
     })
+}
+
+/// Refuses a client certificate that has expired at `now`: the API server
+/// would refuse every request with 401, which kubectl reports without the
+/// reason. One that is not valid yet is refused too, unless it starts
+/// within the clock skew a fresh certificate may have (5 minutes).
+fn expiry(leaf: &CertificateDer<'_>, now: time::OffsetDateTime) -> Result<(), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|_| "invalid credential: the certificate does not parse".to_string())?;
+    let validity = cert.validity();
+    let (not_before, not_after) = (
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
+    let day = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .map(|t| t.date().to_string())
+            .unwrap_or_else(|_| t.to_string())
+    };
+    let now = now.unix_timestamp();
+    if not_after < now {
+        return Err(format!(
+            "invalid credential: the client certificate expired on {} (UTC); the API server would refuse it",
+            day(not_after)
+        ));
+    }
+    if not_before > now + 5 * 60 {
+        return Err(format!(
+            "invalid credential: the client certificate is not valid until {} (UTC)",
+            day(not_before)
+        ));
+    }
+    Ok(())
 }
 
 fn pem_block(label: &str, der: &[u8]) -> String {
@@ -173,5 +207,27 @@ mod tests {
         assert!(e.contains("outside the PEM blocks"), "{e}");
         // The secret is never quoted back.
         assert!(!e.contains("PRIVATE KEY-----"), "{e}");
+    }
+
+    #[test]
+    fn an_expired_or_future_certificate_is_refused() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["gatehouse".to_string()]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let with = |params: &rcgen::CertificateParams| {
+            let cert = params.clone().self_signed(&key).unwrap();
+            parse(&format!("{}{}", cert.pem(), key.serialize_pem()))
+        };
+        params.not_before = now - time::Duration::days(30);
+        params.not_after = now - time::Duration::days(1);
+        let e = with(&params).unwrap_err();
+        assert!(e.contains("expired on") && e.contains("(UTC)"), "{e}");
+        params.not_after = now + time::Duration::days(1);
+        params.not_before = now + time::Duration::days(1);
+        let e = with(&params).unwrap_err();
+        assert!(e.contains("not valid until"), "{e}");
+        // A fresh certificate from a clock a little ahead is fine.
+        params.not_before = now + time::Duration::minutes(1);
+        assert!(with(&params).is_ok());
     }
 }
