@@ -80,6 +80,16 @@ pub async fn connect_checked(
                 continue;
             }
             match TcpStream::connect(addr).await {
+                // A local port nothing listens on, in the ephemeral range,
+                // can be given to the connecting socket itself, which then
+                // connects to itself (TCP simultaneous open): a user would
+                // talk to an echo of their own bytes. Nothing listens
+                // there, so it is refused like any closed port.
+                Ok(s) if connected_to_itself(&s) => {
+                    if !matches!(last, ConnectError::Forbidden(_)) {
+                        last = ConnectError::Refused(addr);
+                    }
+                }
                 Ok(s) => return Ok((s, addr)),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                     if !matches!(last, ConnectError::Forbidden(_)) {
@@ -98,6 +108,11 @@ pub async fn connect_checked(
     tokio::time::timeout(timeout, attempt)
         .await
         .unwrap_or(Err(ConnectError::TimedOut(timeout)))
+}
+
+/// Whether `s` is connected to its own address (TCP simultaneous open).
+fn connected_to_itself(s: &TcpStream) -> bool {
+    matches!((s.local_addr(), s.peer_addr()), (Ok(l), Ok(p)) if l == p)
 }
 
 /// The addresses of `host` (an IP literal, or a name resolved within 5 s),
@@ -161,6 +176,32 @@ pub async fn ssh_banner(host: &str, port: u16, timeout: Duration) -> Result<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_socket_connected_to_itself_is_seen() {
+        // Bound to the port it connects to, with nothing listening there,
+        // a socket on Linux connects to itself.
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        let addr = sock
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("its address");
+        sock.connect(&addr.into()).expect("a simultaneous open");
+        sock.set_nonblocking(true).expect("non-blocking");
+        let s = TcpStream::from_std(sock.into()).expect("into tokio");
+        assert!(connected_to_itself(&s));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let other = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        assert!(!connected_to_itself(&other));
+    }
 
     #[tokio::test]
     async fn failures_say_why() {
