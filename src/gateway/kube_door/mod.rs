@@ -206,6 +206,63 @@ impl Drop for Busy {
     }
 }
 
+/// A request the API server has, not yet audited. Dropped before its
+/// answer is (the client went away, or access was revoked meanwhile), it
+/// is audited as cut: the API server may have acted on it, and the audit
+/// log must say so.
+struct Unanswered {
+    door: Arc<Door>,
+    args: String,
+    why: &'static str,
+}
+
+impl Unanswered {
+    /// The request's outcome is audited elsewhere.
+    fn disarm(&mut self) {
+        self.args.clear();
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if self.args.is_empty() {
+            return;
+        }
+        let (door, args, why) = (self.door.clone(), std::mem::take(&mut self.args), self.why);
+        // Drop cannot wait for the database; the runtime is there while
+        // hyper drops a request's future.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                tracing::warn!(account = %door.conn.account.login, cluster = %door.cluster, project = %door.project, request = %args, "kube request cut: {why}");
+                door.audit(
+                    "kube",
+                    &args,
+                    Outcome::Failed,
+                    &format!("cut: {why}; it had been sent and may have taken effect"),
+                )
+                .await;
+            });
+        }
+    }
+}
+
+/// Whether the request failed on the client's side: its body was not
+/// valid HTTP (a bad chunk size) or ended early.
+fn body_error(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        // hyper's "error from user's Body stream": the body it was given
+        // to send (the client's) failed, not the API server.
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 /// What an upstream client was made from.
 #[derive(Clone, PartialEq, Eq)]
 struct UpstreamKey {
@@ -336,6 +393,11 @@ impl Door {
             }
         };
         parts.version = hyper::Version::HTTP_11;
+        let mut unanswered = Unanswered {
+            door: self.clone(),
+            args: args.clone(),
+            why: "the client went away before the API server answered",
+        };
         let sent = client.request(Request::from_parts(parts, body));
         let replied = tokio::select! {
             r = tokio::time::timeout(RESPONSE_HEAD, sent) => match r {
@@ -347,15 +409,32 @@ impl Door {
                         grant.resolved.connect,
                         RESPONSE_HEAD.as_secs()
                     );
+                    unanswered.disarm();
                     return self.unavailable(&info, &args, &why).await;
                 }
             },
             _ = self.cancel.cancelled() => {
+                unanswered.why = "access revoked before the API server answered";
                 return answer(&info, StatusCode::FORBIDDEN, "gatehouse: access revoked");
             }
         };
+        unanswered.disarm();
         let mut resp = match replied {
             Ok(r) => r,
+            Err(e) if body_error(&e) => {
+                self.audit(
+                    "kube",
+                    &args,
+                    Outcome::Failed,
+                    "status 400: the request body was malformed or cut short",
+                )
+                .await;
+                return answer(
+                    &info,
+                    StatusCode::BAD_REQUEST,
+                    "gatehouse: the request body was malformed or cut short",
+                );
+            }
             Err(e) => {
                 let why = format!(
                     "gatehouse cannot reach the API server of cluster {} at {}: {}",
@@ -529,9 +608,15 @@ impl Door {
             .shared
             .metrics
             .kube_request(verb, outcome.as_str());
-        if let Err(e) = self.conn.shared.store.audit(&event).await {
-            tracing::error!(error = %e, "cannot write audit event");
-        }
+        // Written by a task of its own: hyper drops a request's future when
+        // its client goes away, which must not drop the event half written.
+        let conn = self.conn.clone();
+        let written = tokio::spawn(async move {
+            if let Err(e) = conn.shared.store.audit(&event).await {
+                tracing::error!(error = %e, "cannot write audit event");
+            }
+        });
+        let _ = written.await;
     }
 }
 
