@@ -93,13 +93,16 @@ fn parse_pem(text: &str) -> Result<ClusterCredential, String> {
         .map_err(|_| "invalid credential: the private key does not parse".to_string())?;
     // rustls checks that the key can sign and matches the certificate.
     super::client_config(&[], Some((certs.clone(), key))).map_err(|e| {
-        if e.contains("UnsupportedCertVersion") {
+        if e.contains("KeyMismatch") {
+            "invalid credential: the private key does not belong to the certificate (the first CERTIFICATE block is the client's own)".to_string()
+        } else if e.contains("UnsupportedCertVersion") {
             "invalid credential: the certificate is X.509 version 1, which TLS refuses; issue a version 3 certificate (openssl x509 -req … -extfile with extendedKeyUsage=clientAuth)".to_string()
         } else {
             format!("invalid credential: {e}")
         }
     })?;
     expiry(&certs[0], time::OffsetDateTime::now_utc())?;
+    chained(&certs)?;
     let chain_pem = certs
         .iter()
         .map(|c| pem_block("CERTIFICATE", c.as_ref()))
@@ -145,6 +148,27 @@ fn expiry(leaf: &CertificateDer<'_>, now: time::OffsetDateTime) -> Result<(), St
             "invalid credential: the client certificate is not valid until {} (UTC)",
             day(not_before)
         ));
+    }
+    Ok(())
+}
+
+/// Refuses certificates after the first that are not its chain, each the
+/// issuer of the one before: an unrelated one would be sent in every TLS
+/// handshake, and is more likely a paste gone wrong.
+fn chained(certs: &[CertificateDer<'_>]) -> Result<(), String> {
+    let parsed = certs
+        .iter()
+        .map(|c| x509_parser::parse_x509_certificate(c).map(|(_, c)| c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| "invalid credential: a certificate does not parse".to_string())?;
+    for (n, pair) in parsed.windows(2).enumerate() {
+        if pair[0].issuer().as_raw() != pair[1].subject().as_raw() {
+            return Err(format!(
+                "invalid credential: certificate {} did not issue certificate {}; give the client certificate first, then its issuers in order",
+                n + 2,
+                n + 1
+            ));
+        }
     }
     Ok(())
 }
@@ -207,6 +231,34 @@ mod tests {
         assert!(e.contains("outside the PEM blocks"), "{e}");
         // The secret is never quoted back.
         assert!(!e.contains("PRIVATE KEY-----"), "{e}");
+    }
+
+    #[test]
+    fn the_chain_goes_from_the_client_to_its_issuers() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test client CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["gatehouse".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let key_pem = key.serialize_pem();
+        assert!(parse(&format!("{}{}{key_pem}", leaf.pem(), ca.pem())).is_ok());
+        let (unrelated, _) = client_pem();
+        let e = parse(&format!("{}{unrelated}{key_pem}", leaf.pem())).unwrap_err();
+        assert!(
+            e.contains("certificate 2 did not issue certificate 1"),
+            "{e}"
+        );
+        // Issuer first: the key is not the first certificate's.
+        let e = parse(&format!("{}{}{key_pem}", ca.pem(), leaf.pem())).unwrap_err();
+        assert!(e.contains("does not belong to the certificate"), "{e}");
     }
 
     #[test]
