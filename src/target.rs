@@ -59,6 +59,10 @@ fn label_ok(l: &str) -> bool {
     crate::model::Name::parse("x", l).is_ok()
 }
 
+/// First labels that name a cluster's service, not a node
+/// (`kube.CLUSTER`, `dashboard.CLUSTER`): no node may be called so.
+pub const SERVICE_LABELS: [&str; 2] = ["kube", "dashboard"];
+
 impl Target {
     pub fn parse(host: &str, port: u32) -> Result<Target, Refusal> {
         let port = u16::try_from(port)

@@ -295,6 +295,16 @@ fn operator_usage_errors_name_what_is_missing() {
     let r = gw.cli(&["node", "register", "n1"]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("<HOST:PORT>"), "{r:?}");
+    // kube.CLUSTER and dashboard.CLUSTER are the cluster's services.
+    for reserved in ["kube", "dashboard"] {
+        gw.cli(&["node", "register", reserved, "10.0.0.9:22"])
+            .fails(2, "is reserved");
+    }
+    let nodes = gw.cli(&["node", "list", "--json"]).ok().json();
+    assert!(
+        !nodes.to_string().contains("10.0.0.9"),
+        "a refused node was registered: {nodes}"
+    );
 }
 
 // 7. GPU types as people write them; names suggest lower case.

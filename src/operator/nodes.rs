@@ -89,6 +89,16 @@ pub async fn node(store: &Store, cmd: NodeCmd, enrol: &EnrolContext) -> Output {
             gpus,
         } => {
             let name = Name::parse("node", &name)?;
+            if crate::target::SERVICE_LABELS.contains(&name.as_str()) {
+                return Err(CmdError::Usage(format!(
+                    "node name {name} is reserved: {name}.CLUSTER names the cluster's {} for ssh -L and -W; choose another",
+                    if name.as_str() == "kube" {
+                        "Kubernetes API"
+                    } else {
+                        "dashboard"
+                    }
+                )));
+            }
             let addr = HostPort::parse(&address)?;
             let gpu_type = gpu_type.as_deref().map(parse_gpu_type).transpose()?;
             let gpus = match gpus.parse::<i64>() {
