@@ -290,6 +290,11 @@ fn kubectl_as_yourself_through_socks_and_a_local_forward() {
         kc_text.contains(&format!("socks5://127.0.0.1:{socks}")),
         "{kc_text}"
     );
+    // Its comment names the tunnel to keep running, on the gateway's port.
+    assert!(
+        kc_text.contains(&format!("ssh -p {} -N -D {socks} alice@GATEWAY", w.gw.port)),
+        "{kc_text}"
+    );
     let _alice_tunnel = w.tunnel("alice", &["-D", &socks.to_string()], socks);
     let r = w.kubectl(&alice_kc, &["get", "pods"]);
     assert_ne!(r.code, 0, "{r:?}");
@@ -306,6 +311,20 @@ fn kubectl_as_yourself_through_socks_and_a_local_forward() {
         TOKEN.as_bytes(),
     );
     denied.fails(3, "permission denied");
+    // Refused before what was piped is looked at, even when it is not
+    // text, and the attempt is audited.
+    w.ssh_stdin(
+        "bob",
+        &["cluster", "credential", "set", "c1"],
+        &[0xff, 0xfe, 0x00, 0x9c],
+    )
+    .fails(3, "permission denied");
+    assert!(
+        w.audit().iter().any(|e| e["actor"] == "bob"
+            && e["action"] == "cluster credential set"
+            && e["outcome"] == "denied"),
+        "the member's attempt is audited"
+    );
     w.set_token();
     let show = w.ssh("bob", &["cluster", "show", "c1"]);
     show.ok();
@@ -553,6 +572,16 @@ fn kubectl_as_yourself_through_socks_and_a_local_forward() {
     w.ssh("alice", &[typed]).fails(2, "error: ");
     w.ssh("alice", &["cluster", "credential", "set", typed])
         .fails(2, "error: ");
+    // A short one where the cluster, the project or an option goes: a
+    // failed credential line keeps only its own words.
+    for args in [
+        &["cluster", "credential", "set", "--token=shorttok9", "c1"][..],
+        &["cluster", "credential", "set", "shorttok9"],
+        &["cluster", "credential", "set", "c1", "-p", "shorttok9"],
+    ] {
+        let r = w.ssh("alice", args);
+        assert_ne!(r.code, 0, "{r:?}");
+    }
     w.set_token();
 
     // Clearing it: requests fail again, naming the fix.
@@ -573,8 +602,9 @@ fn kubectl_as_yourself_through_socks_and_a_local_forward() {
     let everything = format!("{}{}", w.seen.borrow(), w.gw.log_text());
     assert!(!everything.contains(TOKEN), "the token leaked");
     let audit = w.audit();
+    let recorded = format!("{audit:?}{}", w.gw.log_text());
     assert!(
-        !format!("{audit:?}{}", w.gw.log_text()).contains("typed-secret"),
+        !recorded.contains("typed-secret") && !recorded.contains("shorttok9"),
         "a credential typed as an argument was recorded"
     );
     let key_line = pem
@@ -913,6 +943,77 @@ fn kubectl_port_forward_over_websocket_and_spdy() {
     assert!(!everything.contains(TOKEN), "the token leaked");
 }
 
+/// A request the API server got but never answered in time is audited all
+/// the same: when kubectl gives up on it, and when access is revoked while
+/// the API server has it (it may have taken effect).
+#[test]
+fn a_request_cut_before_its_answer_is_audited() {
+    let Some(w) = world() else { return };
+    w.set_token();
+    let (kc, _tunnel, _) = w.bob_through_socks();
+    let cut_events = |why: &str| {
+        w.audit()
+            .into_iter()
+            .filter(|e| {
+                e["action"] == "kube"
+                    && e["actor"] == "bob"
+                    && e["args"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("delete /api/v1/namespaces/train/pods/slow")
+                    && e["outcome"] == "failed"
+                    && e["detail"].as_str().unwrap_or("").contains(why)
+            })
+            .count()
+    };
+    let wait_for = |why: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cut_events(why) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no audit event for a request cut ({why}): {:?}",
+                w.audit()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let r = w.kubectl(&kc, &["--request-timeout", "2s", "delete", "pod", "slow"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        w.record()
+            .iter()
+            .any(|q| q["method"] == "DELETE" && user(q) == Some("bob@example.com")),
+        "the API server had the request"
+    );
+    wait_for("the client went away before the API server answered");
+
+    let arrived = w.record().len();
+    let mut delete = w
+        .kubectl_cmd(&kc, &["delete", "pod", "slow"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.record().len() == arrived && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        w.record().len() > arrived,
+        "the second delete never arrived"
+    );
+    w.ssh("alice", &["member", "remove", "bob@example.com", "--yes"])
+        .ok();
+    let ended = common::wait_exit(&mut delete, Duration::from_secs(10));
+    let _ = delete.kill();
+    let _ = delete.wait();
+    assert!(
+        ended.is_some(),
+        "kubectl delete still waiting after member remove"
+    );
+    wait_for("access revoked before the API server answered");
+}
+
 /// An upgrade kubectl's older transports use (`Upgrade: SPDY/3.1`, for exec
 /// and port-forward) is relayed as raw bytes both ways once the API server
 /// switches; the fake echoes them.
@@ -980,6 +1081,42 @@ print(got.decode())
         assert!(Instant::now() < deadline, "no kube exec event: {audit:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // A body that is not valid HTTP is the client's fault (400), not the
+    // API server's.
+    let bad_chunk = r#"
+import socket, ssl, sys
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols(["http/1.1"])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="kube.c1.train")
+s.sendall(b"POST /api/v1/namespaces/train/pods HTTP/1.1\r\nHost: kube.c1.train\r\n"
+          b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n{}\r\n")
+head = b""
+while b"\r\n" not in head:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    head += chunk
+print(head.split(b"\r\n")[0].decode())
+"#;
+    let r = common::run(
+        Command::new("python3")
+            .arg("-c")
+            .arg(bad_chunk)
+            .arg(local.to_string())
+            .arg(w.gw.path("data/kube_ca.crt")),
+    );
+    r.ok();
+    assert!(r.stdout.starts_with("HTTP/1.1 400"), "{r:?}");
+    assert!(
+        w.audit().iter().any(|e| e["action"] == "kube"
+            && e["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("status 400: the request body was malformed")),
+        "the bad body is audited as the client's"
+    );
 }
 
 /// A front door that never gets a request does not hold its channel: it is

@@ -532,6 +532,7 @@ fn command_execution() {
                 sessions: &sessions,
                 reach: &reach,
                 kube_ca_pem: "",
+                gateway_port: Some(2222),
             };
             let r = rt.block_on(execute(&ctx, &words, false));
             match &r.stderr {

@@ -458,7 +458,7 @@ async fn credential(
     match cmd {
         CredentialCmd::Set { cluster } => {
             let name = Name::parse("cluster", cluster)?;
-            let input = ctx.stdin.unwrap_or_default();
+            let input = ctx.stdin()?.unwrap_or_default();
             let credential = crate::kube::credential::parse(input).map_err(CmdError::Usage)?;
             let c = ctx.store.cluster(pid, &name).await?;
             // The credential belongs to one API server: it is set after the
@@ -548,10 +548,14 @@ pub(super) async fn kubeconfig(
     if as_json {
         return text(json(&doc));
     }
+    let port = match ctx.gateway_port {
+        Some(p) if p != 22 => format!("-p {p} "),
+        _ => String::new(),
+    };
     let tunnel = match via {
-        Via::Socks(p) => format!("ssh -N -D {p} {}@GATEWAY", ctx.account.login),
+        Via::Socks(p) => format!("ssh {port}-N -D {p} {}@GATEWAY", ctx.account.login),
         Via::Local(p) => format!(
-            "ssh -N -L {p}:kube.{}.{}:443 {}@GATEWAY",
+            "ssh {port}-N -L {p}:kube.{}.{}:443 {}@GATEWAY",
             c.name, c.project, ctx.account.login
         ),
     };

@@ -70,14 +70,20 @@ pub struct Ctx<'a> {
     /// True in the shell (with or without a terminal), where `use PROJECT`
     /// chooses the project.
     pub in_shell: bool,
-    /// The exec channel's standard input, for `key add`.
-    pub stdin: Option<&'a str>,
+    /// The exec channel's standard input, for `key add` and `cluster
+    /// credential set`: `None` when none was read, `Err(why)` when it
+    /// could not be (not text, too large, not closed in time). The command
+    /// reports that after its permission check, through [`Ctx::stdin`].
+    pub stdin: Option<Result<&'a str, &'a str>>,
     pub sessions: &'a dyn Sessions,
     /// The operator's rules for what forwards may reach: values a project
     /// admin sets (`kube_api`, `dashboard`) are held to them.
     pub reach: &'a crate::reach::Rules,
     /// The gateway's CA certificate (PEM), which `kubeconfig` hands out.
     pub kube_ca_pem: &'a str,
+    /// The port the gateway listens on, for the ssh commands it suggests
+    /// (`ssh -p 2222 …`); `None` when unknown.
+    pub gateway_port: Option<u16>,
 }
 
 /// The result of one command line.
@@ -187,13 +193,18 @@ fn parse(words: &[String]) -> Result<Result<Invocation, String>, CmdError> {
                     let list: Vec<&str> = lines.take_while(|l| !l.starts_with("Usage:")).collect();
                     msg = format!("{msg} {}", list.join(" "));
                 }
-                let topic = words
-                    .iter()
-                    .take_while(|w| !w.starts_with('-'))
-                    .take(2)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                // The (sub)commands named, not their arguments: `help
+                // kubeconfig`, never `help kubeconfig a100s`.
+                let mut topic = Vec::new();
+                let mut level = <Invocation as clap::CommandFactory>::command();
+                for w in command_words(words) {
+                    let Some(sub) = level.find_subcommand(w).cloned() else {
+                        break;
+                    };
+                    topic.push(w);
+                    level = sub;
+                }
+                let topic = topic.join(" ");
                 let hint = if topic.is_empty() || e.kind() == ErrorKind::InvalidSubcommand {
                     "run `help` for the list of commands".to_string()
                 } else {
@@ -261,7 +272,15 @@ pub(crate) struct Scope {
     pub role: Option<Role>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// The standard input read for this command, if any. Errors: why it
+    /// could not be read (exit 2).
+    fn stdin(&self) -> Result<Option<&'a str>, CmdError> {
+        self.stdin
+            .transpose()
+            .map_err(|why| CmdError::Usage(why.to_string()))
+    }
+
     /// Which project a command acts in: `--project`, else the shell's
     /// current one, else the only one the caller belongs to.
     async fn scope(&self, inv: &Invocation) -> Result<Scope, CmdError> {
@@ -347,13 +366,13 @@ struct Noted {
 /// Runs one command line (already split into words) and audits it.
 /// `confirmed` is true on the second run after the user answered yes.
 pub async fn execute(ctx: &Ctx<'_>, words: &[String], confirmed: bool) -> Response {
-    let line = Recorded::of(words);
+    let failed_line = Recorded::failed(words);
     let json_wanted = words.iter().any(|w| w == "--json");
     if credential_in_arguments(words) {
         let e = CmdError::Usage(
             "`cluster credential set CLUSTER` takes the credential on stdin, never as an argument (it would stay in shell history and process lists): pipe it, e.g. `ssh GW cluster credential set CLUSTER < token`".into(),
         );
-        audit(ctx, "invalid", None, &line, "", Some(&e)).await;
+        audit(ctx, "invalid", None, &failed_line, "", Some(&e)).await;
         return error_response(e, json_wanted);
     }
     let parsed = match parse(words) {
@@ -366,7 +385,7 @@ pub async fn execute(ctx: &Ctx<'_>, words: &[String], confirmed: bool) -> Respon
             };
         }
         Err(e) => {
-            audit(ctx, "invalid", None, &line, "", Some(&e)).await;
+            audit(ctx, "invalid", None, &failed_line, "", Some(&e)).await;
             return error_response(e, json_wanted);
         }
     };
@@ -386,7 +405,7 @@ pub async fn execute(ctx: &Ctx<'_>, words: &[String], confirmed: bool) -> Respon
         },
         Ok(reply) => {
             if !matches!(parsed.command, Cmd::Use { .. } | Cmd::Exit) {
-                audit(ctx, command, project, &line, &target, None).await;
+                audit(ctx, command, project, &Recorded::of(words), &target, None).await;
             }
             match reply {
                 Reply::Text(stdout) => Response {
@@ -405,7 +424,7 @@ pub async fn execute(ctx: &Ctx<'_>, words: &[String], confirmed: bool) -> Respon
             }
         }
         Err(e) => {
-            audit(ctx, command, project, &line, &target, Some(&e)).await;
+            audit(ctx, command, project, &failed_line, &target, Some(&e)).await;
             error_response(e, parsed.json)
         }
     };
@@ -506,13 +525,36 @@ pub(crate) struct Recorded {
 }
 
 impl Recorded {
-    /// Hides the words after `cluster credential set|clear CLUSTER`, the
-    /// values of keys `cluster config` does not know, and any word that
-    /// looks like a token ([`looks_secret`]).
+    /// A command line that ran: hides the words after `cluster credential
+    /// set|clear CLUSTER`, the values of keys `cluster config` does not
+    /// know, and any word that looks like a token ([`looks_secret`]).
     pub(crate) fn of(words: &[String]) -> Recorded {
+        Recorded::new(words, false)
+    }
+
+    /// A command line that failed (or was refused): as [`Recorded::of`],
+    /// and a failed `cluster credential …` line keeps only its own words
+    /// (`cluster credential set|clear`, `--json`, `-p`): whatever else it
+    /// holds may be the credential typed where the cluster or project goes,
+    /// which a line that worked cannot (it named a real cluster).
+    pub(crate) fn failed(words: &[String]) -> Recorded {
+        Recorded::new(words, true)
+    }
+
+    fn new(words: &[String], failed: bool) -> Recorded {
+        const OWN: [&str; 7] = [
+            "cluster",
+            "credential",
+            "set",
+            "clear",
+            "--json",
+            "-p",
+            "--project",
+        ];
         let command = command_words(words);
         let hidden = |w: &str| -> bool {
             let by_place = match command.as_slice() {
+                ["cluster", "credential", ..] if failed => !OWN.contains(&w),
                 ["cluster", "credential", _, _, more @ ..] => more.contains(&w),
                 ["cluster", "config", _, settings @ ..] => {
                     settings.contains(&w)
@@ -542,19 +584,37 @@ impl Recorded {
             .collect();
         // Longest first, so a value inside its `key=value` is not left half.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.retain(|s| !s.is_empty());
         Recorded {
             line: shell_words::join(kept),
-            hidden: secrets
-                .into_iter()
-                .filter(|s| s.len() >= SCRUB_MIN)
-                .collect(),
+            hidden: secrets,
         }
     }
 
-    /// `text` (an error, a target) without the hidden words.
+    /// `text` (an error, a target) without the hidden words: everywhere
+    /// for those of [`SCRUB_MIN`] characters or more, else only where they
+    /// stand as a word of their own (`colour=c` must not blank every c).
     pub(crate) fn scrub(&self, text: &str) -> String {
         self.hidden.iter().fold(text.to_string(), |t, w| {
-            t.replace(w.as_str(), "[not recorded]")
+            if w.len() >= SCRUB_MIN {
+                return t.replace(w.as_str(), NOT_RECORDED);
+            }
+            let word_char = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
+            let mut out = String::with_capacity(t.len());
+            let mut rest = t.as_str();
+            while let Some(at) = rest.find(w.as_str()) {
+                let before = rest[..at].chars().next_back();
+                let after = rest[at + w.len()..].chars().next();
+                out.push_str(&rest[..at]);
+                if word_char(before) || word_char(after) {
+                    out.push_str(w);
+                } else {
+                    out.push_str(NOT_RECORDED);
+                }
+                rest = &rest[at + w.len()..];
+            }
+            out.push_str(rest);
+            out
         })
     }
 }
@@ -581,9 +641,12 @@ fn looks_secret(word: &str) -> bool {
 /// hex tokens and JWT segments are longer, logins and names shorter.
 const TOKEN_RUN: usize = 24;
 
-/// Hidden words shorter than this are not searched for in the texts that
-/// quote them: a short value (`colour=c`) would blank letters everywhere.
+/// Hidden words shorter than this are hidden in the texts that quote them
+/// only where they stand alone: a short value (`colour=c`) would blank
+/// letters everywhere.
 const SCRUB_MIN: usize = 8;
+
+const NOT_RECORDED: &str = "[not recorded]";
 
 /// Records one command as an audit event and a log line: `command` is its
 /// name, `line` the whole command line as typed, `error` how it failed, if
@@ -771,5 +834,64 @@ mod tests {
             .to_vec();
         assert!(credential_in_arguments(&words));
         assert!(!credential_in_arguments(&words[..4]));
+    }
+
+    #[test]
+    fn usage_errors_point_at_help_that_works() {
+        let hint = |s: &str| {
+            let words: Vec<String> = s.split(' ').map(str::to_string).collect();
+            match parse(&words) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{s} parsed"),
+            }
+        };
+        assert!(hint("kubeconfig a100s --bogus").ends_with("run `help kubeconfig`"));
+        assert!(
+            hint("-p train cluster create c1 --bogus").ends_with("run `help cluster create`"),
+            "{}",
+            hint("-p train cluster create c1 --bogus")
+        );
+        assert!(hint("--bogus").ends_with("run `help` for the list of commands"));
+    }
+
+    #[test]
+    fn a_failed_credential_line_keeps_only_its_own_words() {
+        let failed = |s: &str| {
+            let words: Vec<String> = s.split(' ').map(str::to_string).collect();
+            Recorded::failed(&words)
+        };
+        // A short secret where the cluster or project goes, or as an option.
+        let r = failed("cluster credential set s3cr3t");
+        assert_eq!(r.line, "cluster credential set '[not recorded]'");
+        assert_eq!(
+            r.scrub("invalid cluster name \"s3cr3t\": no cluster s3cr3t"),
+            "invalid cluster name \"[not recorded]\": no cluster [not recorded]"
+        );
+        assert_eq!(
+            failed("cluster credential set --token=TOK a100s").line,
+            "cluster credential set '--token=[not recorded]' '[not recorded]'"
+        );
+        assert_eq!(
+            failed("-p TOK --json cluster credential clear c1").line,
+            "-p '[not recorded]' --json cluster credential clear '[not recorded]'"
+        );
+        assert_eq!(
+            failed("cluster credential TOK").line,
+            "cluster credential '[not recorded]'"
+        );
+        // A line that worked named a real cluster, and is kept.
+        let words: Vec<String> = ["-p", "train", "cluster", "credential", "set", "c1"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            Recorded::of(&words).line,
+            "-p train cluster credential set c1"
+        );
+        // Other failed lines are recorded as typed.
+        assert_eq!(
+            failed("member add bob@example.com").line,
+            "member add bob@example.com"
+        );
+        assert_eq!(failed("clster list").line, "clster list");
     }
 }

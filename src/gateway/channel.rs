@@ -70,7 +70,7 @@ fn ctx<'a>(
     conn: &'a ConnCtx,
     current: Option<&'a str>,
     origin: Origin,
-    stdin: Option<&'a str>,
+    stdin: Option<Result<&'a str, &'a str>>,
 ) -> Ctx<'a> {
     let (interactive, in_shell) = match origin {
         Origin::Exec { tty } => (tty, false),
@@ -87,6 +87,7 @@ fn ctx<'a>(
         sessions: conn.shared.registry.as_ref(),
         reach: &conn.shared.reach,
         kube_ca_pem: conn.shared.kube.cert_pem(),
+        gateway_port: conn.shared.config.listen_addr().ok().map(|a| a.port()),
     }
 }
 
@@ -133,15 +134,15 @@ async fn exec(conn: &ConnCtx, channel: &mut Io, command: &[u8], width: Option<u3
             return write_error(channel, &e, tty).await;
         }
     };
-    let stdin = if let Some(what) = reads_stdin(&words) {
-        match read_stdin(channel, what).await {
-            Ok(s) => Some(s),
-            Err(e) => return write_error(channel, &e, tty).await,
-        }
-    } else {
-        None
+    // Read before the command runs, but a failure is the command's to
+    // report, after its permission check: a member piping garbage is
+    // denied (3) and audited like any other attempt.
+    let read = match reads_stdin(&words) {
+        Some(what) => Some(read_stdin(channel, what).await),
+        None => None,
     };
-    let c = ctx(conn, None, Origin::Exec { tty }, stdin.as_deref());
+    let stdin = read.as_ref().map(|r| r.as_deref().map_err(String::as_str));
+    let c = ctx(conn, None, Origin::Exec { tty }, stdin);
     let mut r = execute(&c, &words, false).await;
     if let Some(question) = r.confirm.take() {
         let mut editor = LineEditor::new(MAX_LINE, width.unwrap_or(80) as usize, |_| Vec::new());
@@ -199,7 +200,7 @@ async fn read_answer(channel: &mut Io, editor: &mut LineEditor) -> bool {
 
 /// Collects stdin up to EOF, bounded in size and time; `what` names what
 /// is expected there in errors.
-async fn read_stdin(channel: &mut Io, what: &str) -> Result<String, CmdError> {
+async fn read_stdin(channel: &mut Io, what: &str) -> Result<String, String> {
     let mut buf = Vec::new();
     let read = async {
         loop {
@@ -207,7 +208,7 @@ async fn read_stdin(channel: &mut Io, what: &str) -> Result<String, CmdError> {
                 Some(ChannelMsg::Data { data }) => {
                     buf.extend_from_slice(&data);
                     if buf.len() > MAX_STDIN {
-                        return Err(CmdError::Usage(format!("input too large to be a {what}")));
+                        return Err(format!("input too large to be a {what}"));
                     }
                 }
                 Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return Ok(()),
@@ -223,12 +224,12 @@ async fn read_stdin(channel: &mut Io, what: &str) -> Result<String, CmdError> {
                 "credential" => "`ssh GW cluster credential set CLUSTER < token`",
                 _ => "`ssh GW key add < id_ed25519.pub`",
             };
-            return Err(CmdError::Usage(format!(
+            return Err(format!(
                 "no {what} on stdin within 60 s: pipe it, e.g. {example}"
-            )));
+            ));
         }
     }
-    String::from_utf8(buf).map_err(|_| CmdError::Usage(format!("the {what} on stdin is not text")))
+    String::from_utf8(buf).map_err(|_| format!("the {what} on stdin is not text"))
 }
 
 /// A shell without a terminal (`ssh gw < script`): each line is a command;
