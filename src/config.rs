@@ -333,7 +333,14 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 impl Config {
     /// Loads the config at `path`, or at [`DEFAULT_PATH`] when none is given.
     pub fn load(path: Option<&Path>) -> Result<Config> {
+        let given = path.is_some();
         let path = path.unwrap_or(Path::new(DEFAULT_PATH));
+        if !given && !path.exists() {
+            // Run outside a checkout: say where a config comes from.
+            anyhow::bail!(
+                "no config file at {DEFAULT_PATH} (the default, relative to the current directory): give one with --config PATH or GATEHOUSE_CONFIG=PATH; the source tree's config/gatehouse.toml lists every key at its default"
+            );
+        }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         let mut config: Config = toml::from_str(&text).map_err(|e| {

@@ -70,7 +70,7 @@ fn a_config_given_as_a_bare_file_name_is_found() {
             .env("GATEHOUSE_CONFIG", "")
             .args(["node", "list"]),
     );
-    r.fails(2, "cannot read config file config/gatehouse.toml");
+    r.fails(2, "no config file at config/gatehouse.toml (the default");
 }
 
 // 3. account enable / remove, node remove, project delete.
