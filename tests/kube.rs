@@ -207,12 +207,11 @@ impl World {
 
     fn kubectl_stdin(&self, kubeconfig: &Path, args: &[&str], stdin: &[u8]) -> Run {
         let mut k = self.kubectl_cmd(kubeconfig, args);
-        let o = common::run_with_timeout(&mut k, Some(stdin), Duration::from_secs(60));
-        let r = Run {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        };
+        let r = Run::from(common::run_with_timeout(
+            &mut k,
+            Some(stdin),
+            Duration::from_secs(60),
+        ));
         self.note(&r);
         r
     }
@@ -1014,6 +1013,47 @@ fn a_request_cut_before_its_answer_is_audited() {
     wait_for("access revoked before the API server answered");
 }
 
+/// Sends `request` as is over TLS through the local forward `local` to the
+/// front door; prints the answer's status line, then, when `echo` is not
+/// empty, sends it and prints what comes back (an upgraded stream's echo).
+fn raw_https(w: &World, local: u16, request: &[u8], echo: &str) -> Run {
+    let client = r#"
+import socket, ssl, sys
+port, ca, echo = int(sys.argv[1]), sys.argv[2], sys.argv[3].encode()
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols(["http/1.1"])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="kube.c1.train")
+s.sendall(sys.stdin.buffer.read())
+head = b""
+while b"\r\n\r\n" not in head:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    head += chunk
+print(head.split(b"\r\n")[0].decode())
+if echo:
+    got = head.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in head else b""
+    s.sendall(echo)
+    while len(got) < len(echo):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    print(got.decode())
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(client)
+        .arg(local.to_string())
+        .arg(w.gw.path("data/kube_ca.crt"))
+        .arg(echo);
+    Run::from(common::run_with_timeout(
+        &mut cmd,
+        Some(request),
+        Duration::from_secs(30),
+    ))
+}
+
 /// An upgrade kubectl's older transports use (`Upgrade: SPDY/3.1`, for exec
 /// and port-forward) is relayed as raw bytes both ways once the API server
 /// switches; the fake echoes them.
@@ -1023,38 +1063,14 @@ fn an_spdy_upgrade_is_relayed_both_ways() {
     w.set_token();
     let local = common::free_port();
     let _tunnel = w.tunnel("bob", &["-L", &format!("{local}:kube.c1.train:443")], local);
-    let client = r#"
-import socket, ssl, sys
-port, ca = int(sys.argv[1]), sys.argv[2]
-ctx = ssl.create_default_context(cafile=ca)
-ctx.set_alpn_protocols(["http/1.1"])
-s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="kube.c1.train")
-s.sendall(b"POST /api/v1/namespaces/train/pods/trainer-0/exec?command=sh&stdin=true HTTP/1.1\r\n"
-          b"Host: kube.c1.train\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
-          b"X-Stream-Protocol-Version: v4.channel.k8s.io\r\nAuthorization: Bearer forged\r\n"
-          b"Content-Length: 0\r\n\r\n")
-head = b""
-while b"\r\n\r\n" not in head:
-    chunk = s.recv(4096)
-    if not chunk:
-        break
-    head += chunk
-print(head.split(b"\r\n")[0].decode())
-got = head.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in head else b""
-s.sendall(b"spdy-frames-both-ways")
-while len(got) < 21:
-    chunk = s.recv(4096)
-    if not chunk:
-        break
-    got += chunk
-print(got.decode())
-"#;
-    let r = common::run(
-        Command::new("python3")
-            .arg("-c")
-            .arg(client)
-            .arg(local.to_string())
-            .arg(w.gw.path("data/kube_ca.crt")),
+    let r = raw_https(
+        &w,
+        local,
+        b"POST /api/v1/namespaces/train/pods/trainer-0/exec?command=sh&stdin=true HTTP/1.1\r\n\
+          Host: kube.c1.train\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+          X-Stream-Protocol-Version: v4.channel.k8s.io\r\nAuthorization: Bearer forged\r\n\
+          Content-Length: 0\r\n\r\n",
+        "spdy-frames-both-ways",
     );
     r.ok();
     assert!(r.stdout.starts_with("HTTP/1.1 101"), "{r:?}");
@@ -1084,28 +1100,12 @@ print(got.decode())
 
     // A body that is not valid HTTP is the client's fault (400), not the
     // API server's.
-    let bad_chunk = r#"
-import socket, ssl, sys
-port, ca = int(sys.argv[1]), sys.argv[2]
-ctx = ssl.create_default_context(cafile=ca)
-ctx.set_alpn_protocols(["http/1.1"])
-s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="kube.c1.train")
-s.sendall(b"POST /api/v1/namespaces/train/pods HTTP/1.1\r\nHost: kube.c1.train\r\n"
-          b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n{}\r\n")
-head = b""
-while b"\r\n" not in head:
-    chunk = s.recv(4096)
-    if not chunk:
-        break
-    head += chunk
-print(head.split(b"\r\n")[0].decode())
-"#;
-    let r = common::run(
-        Command::new("python3")
-            .arg("-c")
-            .arg(bad_chunk)
-            .arg(local.to_string())
-            .arg(w.gw.path("data/kube_ca.crt")),
+    let r = raw_https(
+        &w,
+        local,
+        b"POST /api/v1/namespaces/train/pods HTTP/1.1\r\nHost: kube.c1.train\r\n\
+          Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n{}\r\n",
+        "",
     );
     r.ok();
     assert!(r.stdout.starts_with("HTTP/1.1 400"), "{r:?}");

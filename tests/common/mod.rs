@@ -176,7 +176,7 @@ pub struct Run {
     pub stderr: String,
 }
 
-impl Run {
+impl From<Output> for Run {
     fn from(o: Output) -> Run {
         Run {
             code: o.status.code().unwrap_or(-1),
@@ -184,7 +184,9 @@ impl Run {
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
         }
     }
+}
 
+impl Run {
     #[track_caller]
     pub fn ok(&self) -> &Self {
         assert_eq!(self.code, 0, "expected success: {self:?}");
