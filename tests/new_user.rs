@@ -296,7 +296,7 @@ fn operator_usage_errors_name_what_is_missing() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("<HOST:PORT>"), "{r:?}");
     // kube.CLUSTER and dashboard.CLUSTER are the cluster's services.
-    for reserved in ["kube", "dashboard"] {
+    for reserved in ["kube", "dashboard", "KUBE"] {
         gw.cli(&["node", "register", reserved, "10.0.0.9:22"])
             .fails(2, "is reserved");
     }

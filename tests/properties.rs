@@ -39,7 +39,9 @@ use proptest::test_runner::{TestCaseError, TestRunner};
 use sha2::Digest as _;
 
 use gatehouse::commands::grammar::{Invocation, completions};
-use gatehouse::commands::{Ctx, MAX_LINE, SessionInfo, Sessions, decode_line, execute, split_line};
+use gatehouse::commands::{
+    Ctx, MAX_LINE, SessionInfo, Sessions, Stdin, decode_line, execute, split_line,
+};
 use gatehouse::config::Config;
 use gatehouse::gateway::line_editor::{Event, LineEditor};
 use gatehouse::model::{
@@ -528,7 +530,8 @@ fn command_execution() {
                 current_project: current.then_some("train"),
                 interactive: false,
                 in_shell,
-                stdin: None,
+                stdin: Stdin::None,
+                stdin_wanted: Default::default(),
                 sessions: &sessions,
                 reach: &reach,
                 kube_ca_pem: "",

@@ -741,6 +741,17 @@ fn bad_input_is_refused_and_changes_nothing() {
     let r = w.gw.ssh_stdin("alice", &w.alice, &[], Some(&junk));
     assert_ne!(r.code, 0);
     assert_eq!(w.state(), before, "nothing changed");
+    // Every refused line is still an audit event, without the line.
+    let unreadable =
+        w.gw.audit_events()
+            .into_iter()
+            .filter(|e| {
+                e["action"] == "invalid"
+                    && e["actor"] == "alice"
+                    && e["args"] == "[not recorded: the line could not be read]"
+            })
+            .count();
+    assert!(unreadable >= 4, "{unreadable} unreadable lines audited");
     // Still serving.
     w.alice(&["whoami"]).ok();
 }

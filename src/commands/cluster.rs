@@ -458,8 +458,6 @@ async fn credential(
     match cmd {
         CredentialCmd::Set { cluster } => {
             let name = Name::parse("cluster", cluster)?;
-            let input = ctx.stdin()?.unwrap_or_default();
-            let credential = crate::kube::credential::parse(input).map_err(CmdError::Usage)?;
             let c = ctx.store.cluster(pid, &name).await?;
             // The credential belongs to one API server: it is set after the
             // address and CA that name it (changing them clears it).
@@ -471,6 +469,10 @@ async fn credential(
                     )));
                 }
             };
+            // Only now, with the caller allowed and the cluster ready, is
+            // the input read (see Stdin::Pending).
+            let input = ctx.stdin()?.unwrap_or_default();
+            let credential = crate::kube::credential::parse(input).map_err(CmdError::Usage)?;
             ctx.store
                 .cluster_credential_set(c.id, &credential, &ctx.account.login)
                 .await?;

@@ -71,10 +71,11 @@ pub struct Ctx<'a> {
     /// chooses the project.
     pub in_shell: bool,
     /// The exec channel's standard input, for `key add` and `cluster
-    /// credential set`: `None` when none was read, `Err(why)` when it
-    /// could not be (not text, too large, not closed in time). The command
-    /// reports that after its permission check, through [`Ctx::stdin`].
-    pub stdin: Option<Result<&'a str, &'a str>>,
+    /// credential set`.
+    pub stdin: Stdin<'a>,
+    /// Set when a command asked for [`Stdin::Pending`] input: it stopped
+    /// there, unaudited, and is to be run again with its input.
+    pub stdin_wanted: std::sync::atomic::AtomicBool,
     pub sessions: &'a dyn Sessions,
     /// The operator's rules for what forwards may reach: values a project
     /// admin sets (`kube_api`, `dashboard`) are held to them.
@@ -84,6 +85,22 @@ pub struct Ctx<'a> {
     /// The port the gateway listens on, for the ssh commands it suggests
     /// (`ssh -p 2222 …`); `None` when unknown.
     pub gateway_port: Option<u16>,
+}
+
+/// A command's standard input.
+#[derive(Clone, Copy, Debug)]
+pub enum Stdin<'a> {
+    /// None: a shell line, or a command that reads none.
+    None,
+    /// Not read yet. A command that needs it stops where it asks, after
+    /// its permission checks, and [`Response::needs_stdin`] says so: the
+    /// channel reads it only then, so nobody waits on a pipe to be told
+    /// they may not.
+    Pending,
+    Read(&'a str),
+    /// It could not be read (not text, too large, not closed in time, a
+    /// terminal): why.
+    Unreadable(&'a str),
 }
 
 /// The result of one command line.
@@ -101,6 +118,9 @@ pub struct Response {
     /// The command's name (`cluster delete`), or `invalid` when it did not
     /// parse: a bounded label for metrics.
     pub command: &'static str,
+    /// The command got as far as reading [`Stdin::Pending`] input: run it
+    /// again with the input; nothing was done or audited.
+    pub needs_stdin: bool,
 }
 
 impl Default for Response {
@@ -113,6 +133,7 @@ impl Default for Response {
             switch_project: None,
             exit: false,
             command: "invalid",
+            needs_stdin: false,
         }
     }
 }
@@ -274,11 +295,19 @@ pub(crate) struct Scope {
 
 impl<'a> Ctx<'a> {
     /// The standard input read for this command, if any. Errors: why it
-    /// could not be read (exit 2).
+    /// could not be read (exit 2); not read yet ([`Stdin::Pending`]), which
+    /// [`execute`] turns into [`Response::needs_stdin`].
     fn stdin(&self) -> Result<Option<&'a str>, CmdError> {
-        self.stdin
-            .transpose()
-            .map_err(|why| CmdError::Usage(why.to_string()))
+        match self.stdin {
+            Stdin::None => Ok(None),
+            Stdin::Read(s) => Ok(Some(s)),
+            Stdin::Unreadable(why) => Err(CmdError::Usage(why.to_string())),
+            Stdin::Pending => {
+                self.stdin_wanted
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(CmdError::Failed("standard input not read yet".into()))
+            }
+        }
     }
 
     /// Which project a command acts in: `--project`, else the shell's
@@ -391,6 +420,13 @@ pub async fn execute(ctx: &Ctx<'_>, words: &[String], confirmed: bool) -> Respon
     };
     let mut noted = Noted::default();
     let result = dispatch(ctx, &parsed, confirmed, &mut noted).await;
+    if ctx.stdin_wanted.load(std::sync::atomic::Ordering::Relaxed) {
+        return Response {
+            needs_stdin: true,
+            command: label(&parsed.command),
+            ..Response::default()
+        };
+    }
     let command = label(&parsed.command);
     let target = noted
         .target
@@ -552,9 +588,16 @@ impl Recorded {
             "--project",
         ];
         let command = command_words(words);
+        // A failed line that so much as mentions a credential, misspelt or
+        // mis-cased too (`cluster credentials set C TOKEN`, `help cluster
+        // credential set TOKEN`), may hold one anywhere.
+        let about_credential = failed
+            && words
+                .iter()
+                .any(|w| w.to_ascii_lowercase().contains("cred"));
         let hidden = |w: &str| -> bool {
             let by_place = match command.as_slice() {
-                ["cluster", "credential", ..] if failed => !OWN.contains(&w),
+                _ if about_credential => !OWN.contains(&w),
                 ["cluster", "credential", _, _, more @ ..] => more.contains(&w),
                 ["cluster", "config", _, settings @ ..] => {
                     settings.contains(&w)
@@ -591,29 +634,32 @@ impl Recorded {
         }
     }
 
-    /// `text` (an error, a target) without the hidden words: everywhere
-    /// for those of [`SCRUB_MIN`] characters or more, else only where they
-    /// stand as a word of their own (`colour=c` must not blank every c).
+    /// `text` (an error, a target) without the hidden words, in any ASCII
+    /// case (an error may suggest the lower-case form of a name):
+    /// everywhere for those of [`SCRUB_MIN`] characters or more, else only
+    /// where they stand as a word of their own (`colour=c` must not blank
+    /// every c).
     pub(crate) fn scrub(&self, text: &str) -> String {
         self.hidden.iter().fold(text.to_string(), |t, w| {
-            if w.len() >= SCRUB_MIN {
-                return t.replace(w.as_str(), NOT_RECORDED);
-            }
             let word_char = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
+            // ASCII lower-casing keeps every byte where it was.
+            let (lower, wl) = (t.to_ascii_lowercase(), w.to_ascii_lowercase());
             let mut out = String::with_capacity(t.len());
-            let mut rest = t.as_str();
-            while let Some(at) = rest.find(w.as_str()) {
-                let before = rest[..at].chars().next_back();
-                let after = rest[at + w.len()..].chars().next();
-                out.push_str(&rest[..at]);
-                if word_char(before) || word_char(after) {
-                    out.push_str(w);
-                } else {
+            let mut from = 0;
+            while let Some(found) = lower[from..].find(&wl) {
+                let at = from + found;
+                let end = at + wl.len();
+                let alone =
+                    !word_char(t[..at].chars().next_back()) && !word_char(t[end..].chars().next());
+                out.push_str(&t[from..at]);
+                if w.len() >= SCRUB_MIN || alone {
                     out.push_str(NOT_RECORDED);
+                } else {
+                    out.push_str(&t[at..end]);
                 }
-                rest = &rest[at + w.len()..];
+                from = end;
             }
-            out.push_str(rest);
+            out.push_str(&t[from..]);
             out
         })
     }
@@ -647,6 +693,17 @@ const TOKEN_RUN: usize = 24;
 const SCRUB_MIN: usize = 8;
 
 const NOT_RECORDED: &str = "[not recorded]";
+
+/// Records a command line that could not be read as words (not UTF-8, an
+/// open quote, control characters, over-long) as an `invalid` event,
+/// without the line: it is what could not be shown.
+pub async fn audit_unreadable(ctx: &Ctx<'_>, e: &CmdError) {
+    let recorded = Recorded {
+        line: "[not recorded: the line could not be read]".into(),
+        hidden: Vec::new(),
+    };
+    audit(ctx, "invalid", None, &recorded, "", Some(e)).await;
+}
 
 /// Records one command as an audit event and a log line: `command` is its
 /// name, `line` the whole command line as typed, `error` how it failed, if
@@ -887,6 +944,21 @@ mod tests {
             Recorded::of(&words).line,
             "-p train cluster credential set c1"
         );
+        // A name-like secret with capitals: errors suggest its lower case.
+        let r = failed("cluster credential set HunterTwo9");
+        assert_eq!(
+            r.scrub("invalid cluster name \"HunterTwo9\": use \"huntertwo9\""),
+            "invalid cluster name \"[not recorded]\": use \"[not recorded]\""
+        );
+        // Misspelt or mis-cased, or under help, it is still about one.
+        for line in [
+            "cluster credentials set a100s Qz09ke3109ab58bc6",
+            "cluster CREDENTIAL set a100s Qz09ke3109ab58bc6",
+            "help cluster credential set Qz09ke3109ab58bc6",
+            "Qz09ke3109ab58bc6 cluster credential set a100s",
+        ] {
+            assert!(!failed(line).line.contains("Qz09"), "{line}");
+        }
         // Other failed lines are recorded as typed.
         assert_eq!(
             failed("member add bob@example.com").line,

@@ -14,7 +14,7 @@ use super::channel_io::Io;
 use super::line_editor::{Event, LineEditor};
 use super::sessions::ChannelKind;
 use crate::commands::grammar::completions;
-use crate::commands::{Ctx, MAX_LINE, Response, decode_line, execute, split_line};
+use crate::commands::{Ctx, MAX_LINE, Response, Stdin, decode_line, execute, split_line};
 use crate::output::CmdError;
 
 /// Public keys (`key add`) and cluster credentials (`cluster credential
@@ -70,7 +70,7 @@ fn ctx<'a>(
     conn: &'a ConnCtx,
     current: Option<&'a str>,
     origin: Origin,
-    stdin: Option<Result<&'a str, &'a str>>,
+    stdin: Stdin<'a>,
 ) -> Ctx<'a> {
     let (interactive, in_shell) = match origin {
         Origin::Exec { tty } => (tty, false),
@@ -84,6 +84,7 @@ fn ctx<'a>(
         interactive,
         in_shell,
         stdin,
+        stdin_wanted: Default::default(),
         sessions: conn.shared.registry.as_ref(),
         reach: &conn.shared.reach,
         kube_ca_pem: conn.shared.kube.cert_pem(),
@@ -129,21 +130,45 @@ async fn exec(conn: &ConnCtx, channel: &mut Io, command: &[u8], width: Option<u3
     let tty = width.is_some();
     let words = match decode_line(command).and_then(|l| split_line(&l)) {
         Ok(w) => w,
-        Err(e) => {
-            conn.shared.metrics.command("invalid", e.exit_code());
-            return write_error(channel, &e, tty).await;
+        Err(e) => return refuse_line(conn, channel, None, Origin::Exec { tty }, &e).await,
+    };
+    // A command that reads stdin runs first without it, and stops, unaudited,
+    // where it needs it: a member is told no at once instead of after
+    // their pipe ends, and nothing is read for a command that cannot run.
+    let what = reads_stdin(&words);
+    let first = ctx(
+        conn,
+        None,
+        Origin::Exec { tty },
+        if what.is_some() {
+            Stdin::Pending
+        } else {
+            Stdin::None
+        },
+    );
+    let mut r = execute(&first, &words, false).await;
+    let read: Result<String, String>;
+    let c = match what {
+        Some(what) if r.needs_stdin => {
+            read = if tty {
+                // A terminal sends keystrokes, never an end of input.
+                Err(format!(
+                    "the {what} is read from a pipe, not typed at a terminal: pipe it, e.g. {}",
+                    stdin_example(what)
+                ))
+            } else {
+                read_stdin(channel, what).await
+            };
+            let stdin = match &read {
+                Ok(s) => Stdin::Read(s),
+                Err(why) => Stdin::Unreadable(why),
+            };
+            let c = ctx(conn, None, Origin::Exec { tty }, stdin);
+            r = execute(&c, &words, false).await;
+            c
         }
+        _ => first,
     };
-    // Read before the command runs, but a failure is the command's to
-    // report, after its permission check: a member piping garbage is
-    // denied (3) and audited like any other attempt.
-    let read = match reads_stdin(&words) {
-        Some(what) => Some(read_stdin(channel, what).await),
-        None => None,
-    };
-    let stdin = read.as_ref().map(|r| r.as_deref().map_err(String::as_str));
-    let c = ctx(conn, None, Origin::Exec { tty }, stdin);
-    let mut r = execute(&c, &words, false).await;
     if let Some(question) = r.confirm.take() {
         let mut editor = LineEditor::new(MAX_LINE, width.unwrap_or(80) as usize, |_| Vec::new());
         editor.start(&format!("{question} [y/N] "));
@@ -198,6 +223,30 @@ async fn read_answer(channel: &mut Io, editor: &mut LineEditor) -> bool {
     }
 }
 
+/// How to give a command the `what` it reads on stdin.
+fn stdin_example(what: &str) -> &'static str {
+    match what {
+        "credential" => "`ssh GW cluster credential set CLUSTER < token`",
+        _ => "`ssh GW key add < id_ed25519.pub`",
+    }
+}
+
+/// Refuses a command line that cannot be read as words (not UTF-8, an
+/// open quote, control characters, over-long), audited as `invalid`
+/// without the line itself.
+async fn refuse_line(
+    conn: &ConnCtx,
+    channel: &Io,
+    current: Option<&str>,
+    origin: Origin,
+    e: &CmdError,
+) -> u32 {
+    let (Origin::Exec { tty } | Origin::Shell { tty }) = origin;
+    crate::commands::audit_unreadable(&ctx(conn, current, origin, Stdin::None), e).await;
+    conn.shared.metrics.command("invalid", e.exit_code());
+    write_error(channel, e, tty).await
+}
+
 /// Collects stdin up to EOF, bounded in size and time; `what` names what
 /// is expected there in errors.
 async fn read_stdin(channel: &mut Io, what: &str) -> Result<String, String> {
@@ -220,12 +269,9 @@ async fn read_stdin(channel: &mut Io, what: &str) -> Result<String, String> {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),
         Err(_) => {
-            let example = match what {
-                "credential" => "`ssh GW cluster credential set CLUSTER < token`",
-                _ => "`ssh GW key add < id_ed25519.pub`",
-            };
             return Err(format!(
-                "no {what} on stdin within 60 s: pipe it, e.g. {example}"
+                "no {what} on stdin within 60 s: pipe it, e.g. {}",
+                stdin_example(what)
             ));
         }
     }
@@ -286,9 +332,17 @@ async fn batch_line(
     let words = match decode_line(line).and_then(|l| split_line(&l)) {
         Ok(w) if w.is_empty() => return 0,
         Ok(w) => w,
-        Err(e) => return write_error(channel, &e, false).await,
+        Err(e) => {
+            let origin = Origin::Shell { tty: false };
+            return refuse_line(conn, channel, current.as_deref(), origin, &e).await;
+        }
     };
-    let c = ctx(conn, current.as_deref(), Origin::Shell { tty: false }, None);
+    let c = ctx(
+        conn,
+        current.as_deref(),
+        Origin::Shell { tty: false },
+        Stdin::None,
+    );
     let r = execute(&c, &words, false).await;
     conn.shared.metrics.command(r.command, r.code);
     if let Some(p) = &r.switch_project {
@@ -424,7 +478,7 @@ impl<'a> Shell<'a> {
             self.conn,
             self.project.as_deref(),
             Origin::Shell { tty: true },
-            None,
+            Stdin::None,
         );
         let r = execute(&c, words, confirmed).await;
         self.conn.shared.metrics.command(r.command, r.code);
@@ -438,7 +492,8 @@ impl<'a> Shell<'a> {
             Ok(w) if w.is_empty() => return false,
             Ok(w) => w,
             Err(e) => {
-                write_error(channel, &e, true).await;
+                let origin = Origin::Shell { tty: true };
+                refuse_line(self.conn, channel, self.project.as_deref(), origin, &e).await;
                 return false;
             }
         };

@@ -133,7 +133,7 @@ fn expiry(leaf: &CertificateDer<'_>, now: time::OffsetDateTime) -> Result<(), St
     );
     let day = |t: i64| {
         time::OffsetDateTime::from_unix_timestamp(t)
-            .map(|t| t.date().to_string())
+            .map(|t| format!("{} {:02}:{:02}", t.date(), t.hour(), t.minute()))
             .unwrap_or_else(|_| t.to_string())
     };
     let now = now.unix_timestamp();

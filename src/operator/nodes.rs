@@ -88,17 +88,20 @@ pub async fn node(store: &Store, cmd: NodeCmd, enrol: &EnrolContext) -> Output {
             gpu_type,
             gpus,
         } => {
-            let name = Name::parse("node", &name)?;
-            if crate::target::SERVICE_LABELS.contains(&name.as_str()) {
+            // Before the name's own check, whose hint for `KUBE` would be
+            // the reserved `kube`.
+            let lower = name.to_ascii_lowercase();
+            if crate::target::SERVICE_LABELS.contains(&lower.as_str()) {
                 return Err(CmdError::Usage(format!(
-                    "node name {name} is reserved: {name}.CLUSTER names the cluster's {} for ssh -L and -W; choose another",
-                    if name.as_str() == "kube" {
+                    "node name {lower} is reserved: {lower}.CLUSTER names the cluster's {} for ssh -L and -W; choose another",
+                    if lower == "kube" {
                         "Kubernetes API"
                     } else {
                         "dashboard"
                     }
                 )));
             }
+            let name = Name::parse("node", &name)?;
             let addr = HostPort::parse(&address)?;
             let gpu_type = gpu_type.as_deref().map(parse_gpu_type).transpose()?;
             let gpus = match gpus.parse::<i64>() {

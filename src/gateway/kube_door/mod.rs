@@ -238,7 +238,7 @@ impl Drop for Unanswered {
                     "kube",
                     &args,
                     Outcome::Failed,
-                    &format!("cut: {why}; it had been sent and may have taken effect"),
+                    &format!("cut: {why}; the API server may have received it and acted on it"),
                 )
                 .await;
             });
