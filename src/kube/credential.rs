@@ -153,7 +153,7 @@ fn expiry(leaf: &CertificateDer<'_>, now: time::OffsetDateTime) -> Result<(), St
 }
 
 /// Refuses certificates after the first that are not its chain, each the
-/// issuer of the one before: an unrelated one would be sent in every TLS
+/// issuer of the one before (by name and by signature): an unrelated one would be sent in every TLS
 /// handshake, and is more likely a paste gone wrong.
 fn chained(certs: &[CertificateDer<'_>]) -> Result<(), String> {
     let parsed = certs
@@ -162,7 +162,11 @@ fn chained(certs: &[CertificateDer<'_>]) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| "invalid credential: a certificate does not parse".to_string())?;
     for (n, pair) in parsed.windows(2).enumerate() {
-        if pair[0].issuer().as_raw() != pair[1].subject().as_raw() {
+        if pair[0].issuer().as_raw() != pair[1].subject().as_raw()
+            || pair[0]
+                .verify_signature(Some(pair[1].public_key()))
+                .is_err()
+        {
             return Err(format!(
                 "invalid credential: certificate {} did not issue certificate {}; give the client certificate first, then its issuers in order",
                 n + 2,
@@ -242,6 +246,10 @@ mod tests {
             .distinguished_name
             .push(rcgen::DnType::CommonName, "test client CA");
         let ca = ca_params.self_signed(&ca_key).unwrap();
+        // The issuer's name on another key.
+        let impostor = ca_params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
         let issuer = rcgen::Issuer::new(ca_params, &ca_key);
         let key = rcgen::KeyPair::generate().unwrap();
         let leaf = rcgen::CertificateParams::new(vec!["gatehouse".to_string()])
@@ -252,6 +260,12 @@ mod tests {
         assert!(parse(&format!("{}{}{key_pem}", leaf.pem(), ca.pem())).is_ok());
         let (unrelated, _) = client_pem();
         let e = parse(&format!("{}{unrelated}{key_pem}", leaf.pem())).unwrap_err();
+        assert!(
+            e.contains("certificate 2 did not issue certificate 1"),
+            "{e}"
+        );
+        // The issuer's name on another key is not the issuer.
+        let e = parse(&format!("{}{}{key_pem}", leaf.pem(), impostor.pem())).unwrap_err();
         assert!(
             e.contains("certificate 2 did not issue certificate 1"),
             "{e}"
