@@ -47,15 +47,7 @@ fn world() -> Option<World> {
         ])
         .ok();
     }
-    gw.start();
-    gw.ssh("alice", &alice, &["member", "add", "bob@example.com"])
-        .ok();
-    gw.ssh(
-        "alice",
-        &alice,
-        &["cluster", "create", "c1", "--nodes", "2"],
-    )
-    .ok();
+    common::start_with_c1(&mut gw, &alice, 2);
     gw.ssh(
         "carol",
         &carol,

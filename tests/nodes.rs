@@ -153,16 +153,8 @@ fn world() -> Option<World> {
     let port = common::free_port();
     gw.cli(&["node", "register", "n1", &format!("127.0.0.1:{port}")])
         .ok();
-    gw.start();
+    common::start_with_c1(&mut gw, &alice, 1);
     let user = common::local_user();
-    gw.ssh("alice", &alice, &["member", "add", "bob@example.com"])
-        .ok();
-    gw.ssh(
-        "alice",
-        &alice,
-        &["cluster", "create", "c1", "--nodes", "1"],
-    )
-    .ok();
     gw.ssh(
         "alice",
         &alice,

@@ -85,15 +85,7 @@ fn world(extra: &str) -> Option<World> {
     let echo = common::echo_server();
     gw.cli(&["node", "register", "n1", &format!("127.0.0.1:{echo}")])
         .ok();
-    gw.start();
-    gw.ssh("alice", &alice, &["member", "add", "bob@example.com"])
-        .ok();
-    gw.ssh(
-        "alice",
-        &alice,
-        &["cluster", "create", "c1", "--nodes", "1"],
-    )
-    .ok();
+    common::start_with_c1(&mut gw, &alice, 1);
     Some(World {
         gw,
         alice,

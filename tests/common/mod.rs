@@ -452,16 +452,22 @@ pub fn train_on_one_node(gw: &mut Gateway) -> (Key, Key) {
         .ok();
     let node = format!("127.0.0.1:{}", free_port());
     gw.cli(&["node", "register", "node-1", &node]).ok();
+    start_with_c1(gw, &alice, 1);
+    (alice, bob)
+}
+
+/// Starts `gw`; then alice, admin of her project, adds bob as a member and
+/// creates cluster c1 from `nodes` nodes of the pool.
+pub fn start_with_c1(gw: &mut Gateway, alice: &Key, nodes: usize) {
     gw.start();
-    gw.ssh("alice", &alice, &["member", "add", "bob@example.com"])
+    gw.ssh("alice", alice, &["member", "add", "bob@example.com"])
         .ok();
     gw.ssh(
         "alice",
-        &alice,
-        &["cluster", "create", "c1", "--nodes", "1"],
+        alice,
+        &["cluster", "create", "c1", "--nodes", &nodes.to_string()],
     )
     .ok();
-    (alice, bob)
 }
 
 /// Quotes a word for a POSIX shell, only when needed.
