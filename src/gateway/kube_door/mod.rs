@@ -212,23 +212,24 @@ impl Drop for Busy {
 /// log must say so.
 struct Unanswered {
     door: Arc<Door>,
-    args: String,
+    /// The request as audited; `None` once its outcome is audited elsewhere.
+    args: Option<String>,
     why: &'static str,
 }
 
 impl Unanswered {
     /// The request's outcome is audited elsewhere.
     fn disarm(&mut self) {
-        self.args.clear();
+        self.args = None;
     }
 }
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
-        if self.args.is_empty() {
+        let Some(args) = self.args.take() else {
             return;
-        }
-        let (door, args, why) = (self.door.clone(), std::mem::take(&mut self.args), self.why);
+        };
+        let (door, why) = (self.door.clone(), self.why);
         // Drop cannot wait for the database; the runtime is there while
         // hyper drops a request's future.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -395,7 +396,7 @@ impl Door {
         parts.version = hyper::Version::HTTP_11;
         let mut unanswered = Unanswered {
             door: self.clone(),
-            args: args.clone(),
+            args: Some(args.clone()),
             why: "the client went away before the API server answered",
         };
         let sent = client.request(Request::from_parts(parts, body));
