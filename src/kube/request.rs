@@ -287,46 +287,47 @@ mod tests {
     #[test]
     fn verbs_follow_the_api_server() {
         let pods = "/api/v1/namespaces/default/pods";
-        assert_eq!(info(Method::GET, pods, Some("limit=500")).verb, "list");
-        assert_eq!(info(Method::GET, pods, Some("watch=True")).verb, "watch");
-        assert_eq!(info(Method::GET, pods, Some("watch=false")).verb, "list");
-        assert_eq!(info(Method::GET, pods, Some("watch=0")).verb, "list");
-        assert_eq!(info(Method::GET, pods, Some("watch")).verb, "watch");
-        assert_eq!(info(Method::GET, pods, Some("watch=yes")).verb, "watch");
-        assert_eq!(
-            info(Method::GET, pods, Some("watch=0&watch=1")).verb,
-            "list"
-        );
-        assert_eq!(
-            info(Method::GET, pods, Some("%77atch=%74rue")).verb,
-            "watch"
-        );
-        assert_eq!(
-            info(Method::GET, "/api/v1/watch/namespaces/a/pods", None).verb,
-            "watch"
-        );
+        let deployment = "/apis/apps/v1/namespaces/x/deployments/d";
+        for (method, path, query, verb) in [
+            (Method::GET, pods, Some("limit=500"), "list"),
+            (Method::GET, pods, Some("watch=True"), "watch"),
+            (Method::GET, pods, Some("watch=false"), "list"),
+            (Method::GET, pods, Some("watch=0"), "list"),
+            (Method::GET, pods, Some("watch"), "watch"),
+            (Method::GET, pods, Some("watch=yes"), "watch"),
+            (Method::GET, pods, Some("watch=0&watch=1"), "list"),
+            (Method::GET, pods, Some("%77atch=%74rue"), "watch"),
+            (
+                Method::GET,
+                "/api/v1/watch/namespaces/a/pods",
+                None,
+                "watch",
+            ),
+            (
+                Method::GET,
+                pods,
+                Some("watch=1&resourceVersion=1"),
+                "watch",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/default/pods/p",
+                None,
+                "get",
+            ),
+            (Method::POST, pods, None, "create"),
+            (Method::DELETE, pods, None, "deletecollection"),
+            (Method::PATCH, deployment, None, "patch"),
+            (Method::GET, "/version", None, "get"),
+        ] {
+            assert_eq!(
+                info(method.clone(), path, query).verb,
+                verb,
+                "{method} {path}?{query:?}"
+            );
+        }
         let exec = info(Method::GET, "/api/v1/namespaces/a/pods/p/%65xec", None);
         assert_eq!(exec.pod_stream(), Some("exec"));
-        assert_eq!(
-            info(Method::GET, pods, Some("watch=1&resourceVersion=1")).verb,
-            "watch"
-        );
-        assert_eq!(
-            info(Method::GET, "/api/v1/namespaces/default/pods/p", None).verb,
-            "get"
-        );
-        assert_eq!(info(Method::POST, pods, None).verb, "create");
-        assert_eq!(info(Method::DELETE, pods, None).verb, "deletecollection");
-        assert_eq!(
-            info(
-                Method::PATCH,
-                "/apis/apps/v1/namespaces/x/deployments/d",
-                None
-            )
-            .verb,
-            "patch"
-        );
-        assert_eq!(info(Method::GET, "/version", None).verb, "get");
         assert_eq!(
             info(Method::GET, "/api/v1/namespaces/kube-system", None)
                 .resource
