@@ -618,6 +618,56 @@ fn kubectl_as_yourself_through_socks_and_a_local_forward() {
     }
     w.set_token();
 
+    // kube_ca changed by another admin while the credential is being piped:
+    // it was meant for the old API server, and nothing is set. (Should the
+    // change land before the command's first look, it sets the credential
+    // for the new server; then it is tried again with a longer wait.)
+    let set_while_changed = |wait: Duration| -> Run {
+        use std::io::Write;
+        let mut piping = w.gw.ssh_cmd("alice", &w.alice);
+        piping
+            .args(["--", "cluster", "credential", "set", "c1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = piping.spawn().unwrap();
+        std::thread::sleep(wait);
+        w.ssh(
+            "alice",
+            &["cluster", "config", "c1", &format!("kube_ca={other}")],
+        )
+        .ok();
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = stdin.write_all(format!("{TOKEN}\n").as_bytes());
+        drop(stdin);
+        let ended = common::wait_exit(&mut child, Duration::from_secs(30));
+        if ended.is_none() {
+            let _ = child.kill();
+        }
+        let r = Run::from(child.wait_with_output().unwrap());
+        w.note(&r);
+        w.ssh(
+            "alice",
+            &["cluster", "config", "c1", &format!("kube_ca={ca}")],
+        )
+        .ok();
+        r
+    };
+    let mut raced = set_while_changed(Duration::from_secs(2));
+    for wait in [5, 10] {
+        if raced.code != 0 {
+            break;
+        }
+        raced = set_while_changed(Duration::from_secs(wait));
+    }
+    raced.fails(
+        1,
+        "changed while the credential was being read; nothing was set",
+    );
+    let cfg = w.ssh("alice", &["cluster", "config", "c1", "--json"]);
+    assert_eq!(cfg.ok().json()["credential"]["set"], false);
+    w.set_token();
+
     // Clearing it: requests fail again, naming the fix.
     w.ssh("alice", &["cluster", "credential", "clear", "c1"])
         .ok();

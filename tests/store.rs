@@ -197,12 +197,12 @@ async fn suite(store: Store) {
     );
     let token = ClusterCredential::Token("tok-1".into());
     store
-        .cluster_credential_set(c.id, &token, "alice")
+        .cluster_credential_set(&c, &token, "alice")
         .await
         .unwrap();
     let again = ClusterCredential::Token("tok-2".into());
     store
-        .cluster_credential_set(c.id, &again, "alice")
+        .cluster_credential_set(&c, &again, "alice")
         .await
         .unwrap();
     let got = store
@@ -213,13 +213,36 @@ async fn suite(store: Store) {
     assert_eq!(got.credential, again);
     let shown = store.cluster(p, &name("c1")).await.unwrap();
     assert_eq!(shown.credential_set_at, Some(got.set_at));
+    // Set only for the API server it was read with: once kube_ca changed
+    // (which cleared it), a set from the stale read is refused.
+    use gatehouse::store::ClusterConfigChange;
+    store
+        .cluster_configure(&c, &[ClusterConfigChange::KubeCa(Some("Q0E=".into()))])
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.cluster_credential_set(&c, &token, "alice").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(
+        store
+            .cluster_credential("train", "c1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let c = store.cluster(p, &name("c1")).await.unwrap();
+    store
+        .cluster_credential_set(&c, &again, "alice")
+        .await
+        .unwrap();
     store.cluster_credential_clear(c.id, "c1").await.unwrap();
     assert!(matches!(
         store.cluster_credential_clear(c.id, "c1").await,
         Err(StoreError::NotFound(_))
     ));
     store
-        .cluster_credential_set(c.id, &token, "alice")
+        .cluster_credential_set(&c, &token, "alice")
         .await
         .unwrap();
 

@@ -470,11 +470,16 @@ async fn credential(
                 }
             };
             // Only now, with the caller allowed and the cluster ready, is
-            // the input read (see Stdin::Pending).
-            let input = ctx.stdin()?.unwrap_or_default();
+            // the input read (see Stdin::Pending). It is for this cluster's
+            // API server: if that changes while it is piped, nothing is set.
+            let server = format!("{}\n{api}\n{}", c.id, c.kube_ca.as_deref().unwrap_or(""));
+            let changed = format!(
+                "kube_api or kube_ca of cluster {name} changed while the credential was being read; nothing was set: check `cluster config {name}` and set it again"
+            );
+            let input = ctx.stdin(&server, &changed)?.unwrap_or_default();
             let credential = crate::kube::credential::parse(input).map_err(CmdError::Usage)?;
             ctx.store
-                .cluster_credential_set(c.id, &credential, &ctx.account.login)
+                .cluster_credential_set(&c, &credential, &ctx.account.login)
                 .await?;
             // Open streams that carry the old credential end now.
             ctx.sessions.nudge();

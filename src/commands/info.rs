@@ -67,7 +67,7 @@ pub(super) async fn key(
         }
         KeyCmd::Add { key } => {
             let line = if key.is_empty() {
-                match ctx.stdin()? {
+                match ctx.stdin("", "")? {
                     Some(s) => s.to_string(),
                     None => {
                         return Err(CmdError::Usage(

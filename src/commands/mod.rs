@@ -74,8 +74,9 @@ pub struct Ctx<'a> {
     /// credential set`.
     pub stdin: Stdin<'a>,
     /// Set when a command asked for [`Stdin::Pending`] input: it stopped
-    /// there, unaudited, and is to be run again with its input.
-    pub stdin_wanted: std::sync::atomic::AtomicBool,
+    /// there, unaudited, and is to be run again with its input. Holds what
+    /// its permission to read it rested on (see [`Ctx::stdin`]).
+    pub stdin_wanted: std::sync::Mutex<Option<String>>,
     pub sessions: &'a dyn Sessions,
     /// The operator's rules for what forwards may reach: values a project
     /// admin sets (`kube_api`, `dashboard`) are held to them.
@@ -97,7 +98,13 @@ pub enum Stdin<'a> {
     /// channel reads it only then, so nobody waits on a pipe to be told
     /// they may not.
     Pending,
-    Read(&'a str),
+    /// Read, after a first run that stopped at [`Stdin::Pending`] having
+    /// checked `checked` (what [`Response::needs_stdin`] carried back), or
+    /// `None` when read up front.
+    Read {
+        text: &'a str,
+        checked: Option<&'a str>,
+    },
     /// It could not be read (not text, too large, not closed in time, a
     /// terminal): why.
     Unreadable(&'a str),
@@ -119,8 +126,9 @@ pub struct Response {
     /// parse: a bounded label for metrics.
     pub command: &'static str,
     /// The command got as far as reading [`Stdin::Pending`] input: run it
-    /// again with the input; nothing was done or audited.
-    pub needs_stdin: bool,
+    /// again with the input and this (as [`Stdin::Read`]'s `checked`);
+    /// nothing was done or audited.
+    pub needs_stdin: Option<String>,
 }
 
 impl Default for Response {
@@ -133,7 +141,7 @@ impl Default for Response {
             switch_project: None,
             exit: false,
             command: "invalid",
-            needs_stdin: false,
+            needs_stdin: None,
         }
     }
 }
@@ -294,17 +302,25 @@ pub(crate) struct Scope {
 }
 
 impl<'a> Ctx<'a> {
-    /// The standard input read for this command, if any. Errors: why it
-    /// could not be read (exit 2); not read yet ([`Stdin::Pending`]), which
+    /// The standard input read for this command, if any. `checked` is
+    /// what the input is meant for, beyond the caller's permission (which
+    /// is checked again anyway): the cluster and API server a credential
+    /// is for. Errors: why it could not be read (exit 2); `changed`, exit
+    /// status 1, when `checked` is no longer what the first run saw before
+    /// the input was read; not read yet ([`Stdin::Pending`]), which
     /// [`execute`] turns into [`Response::needs_stdin`].
-    fn stdin(&self) -> Result<Option<&'a str>, CmdError> {
+    fn stdin(&self, checked: &str, changed: &str) -> Result<Option<&'a str>, CmdError> {
         match self.stdin {
             Stdin::None => Ok(None),
-            Stdin::Read(s) => Ok(Some(s)),
+            Stdin::Read {
+                checked: Some(before),
+                ..
+            } if before != checked => Err(CmdError::Failed(changed.to_string())),
+            Stdin::Read { text, .. } => Ok(Some(text)),
             Stdin::Unreadable(why) => Err(CmdError::Usage(why.to_string())),
             Stdin::Pending => {
-                self.stdin_wanted
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                *self.stdin_wanted.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(checked.to_string());
                 Err(CmdError::Failed("standard input not read yet".into()))
             }
         }
@@ -420,9 +436,14 @@ pub async fn execute(ctx: &Ctx<'_>, words: &[String], confirmed: bool) -> Respon
     };
     let mut noted = Noted::default();
     let result = dispatch(ctx, &parsed, confirmed, &mut noted).await;
-    if ctx.stdin_wanted.load(std::sync::atomic::Ordering::Relaxed) {
+    let wanted = ctx
+        .stdin_wanted
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if wanted.is_some() {
         return Response {
-            needs_stdin: true,
+            needs_stdin: wanted,
             command: label(&parsed.command),
             ..Response::default()
         };

@@ -148,8 +148,9 @@ async fn exec(conn: &ConnCtx, channel: &mut Io, command: &[u8], width: Option<u3
     );
     let mut r = execute(&first, &words, false).await;
     let read: Result<String, String>;
+    let checked = r.needs_stdin.take();
     let c = match what {
-        Some(what) if r.needs_stdin => {
+        Some(what) if checked.is_some() => {
             read = if tty {
                 // A terminal sends keystrokes, never an end of input.
                 Err(format!(
@@ -160,7 +161,10 @@ async fn exec(conn: &ConnCtx, channel: &mut Io, command: &[u8], width: Option<u3
                 read_stdin(channel, what).await
             };
             let stdin = match &read {
-                Ok(s) => Stdin::Read(s),
+                Ok(text) => Stdin::Read {
+                    text,
+                    checked: checked.as_deref(),
+                },
                 Err(why) => Stdin::Unreadable(why),
             };
             let c = ctx(conn, None, Origin::Exec { tty }, stdin);

@@ -3,7 +3,7 @@
 //! returns it to the Kubernetes front door, and [`ClusterCredential`] never
 //! prints its secret, not even with `{:?}`.
 
-use super::{Result, Revocation, Store, StoreError, now_ms};
+use super::{Cluster, Result, Revocation, Store, StoreError, now_ms};
 
 /// How the gateway authenticates to a cluster's API server.
 #[derive(Clone, PartialEq, Eq)]
@@ -72,15 +72,39 @@ pub struct StoredCredential {
 }
 
 impl Store {
-    /// Sets (or replaces) the credential of cluster `cluster_id`, recording
-    /// who set it.
+    /// Sets (or replaces) the credential of `cluster`, recording who set
+    /// it, for the API server `cluster` names. Errors: Conflict when its
+    /// `kube_api` or `kube_ca` is no longer what `cluster` says (changed
+    /// since it was read: the credential was given for the other server,
+    /// and changing them clears it); NotFound when the cluster is gone.
     pub async fn cluster_credential_set(
         &self,
-        cluster_id: i64,
+        cluster: &Cluster,
         credential: &ClusterCredential,
         set_by: &str,
     ) -> Result<()> {
+        let cluster_id = cluster.id;
         let mut tx = self.begin_write().await?;
+        // Ordered against `cluster_configure`, which takes the same lock
+        // before it changes the server and clears the credential.
+        self.lock_cluster(&mut tx, cluster_id).await?;
+        let server: Option<(Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT kube_api, kube_ca FROM clusters WHERE id = $1")
+                .bind(cluster_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match server {
+            None => {
+                return Err(StoreError::NotFound(format!("no cluster {}", cluster.name)));
+            }
+            Some((api, ca)) if api != cluster.kube_api || ca != cluster.kube_ca => {
+                return Err(StoreError::Conflict(format!(
+                    "kube_api or kube_ca of cluster {} changed while the credential was being set; nothing was set: check `cluster config {}` and set it again",
+                    cluster.name, cluster.name
+                )));
+            }
+            Some(_) => {}
+        }
         sqlx::query("DELETE FROM cluster_credentials WHERE cluster_id = $1")
             .bind(cluster_id)
             .execute(&mut *tx)

@@ -440,6 +440,10 @@ impl Store {
         });
         let mut cleared = false;
         if server_changed {
+            // Before the credential goes: a `cluster_credential_set` under
+            // way either finishes first (and is cleared here) or waits and
+            // sees the new server (and refuses).
+            self.lock_cluster(&mut tx, cluster_id).await?;
             let done = sqlx::query("DELETE FROM cluster_credentials WHERE cluster_id = $1")
                 .bind(cluster_id)
                 .execute(&mut *tx)

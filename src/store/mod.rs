@@ -206,6 +206,23 @@ impl Store {
         Ok(())
     }
 
+    /// Serialises changes to one cluster's API server and credential
+    /// across transactions (PostgreSQL; SQLite already holds the database
+    /// write lock).
+    async fn lock_cluster(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        cluster_id: i64,
+    ) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT id FROM clusters WHERE id = $1 FOR UPDATE")
+                .bind(cluster_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
