@@ -612,10 +612,15 @@ fn kubectl_as_yourself_through_socks_and_a_local_forward() {
         &["cluster", "credential", "set", "c1", "-p", "shorttok9"],
         &["cluster", "credential", "set", "ShortTok9"],
         &["cluster", "credentials", "set", "c1", "shorttok9"],
+        &["cluster", "cr\u{435}dential", "set", "c1", "shorttok9"],
     ] {
         let r = w.ssh("alice", args);
         assert_ne!(r.code, 0, "{r:?}");
     }
+    // Nor pasted as a shell line of its own, after the command that wants
+    // it on stdin.
+    let r = w.ssh_stdin("alice", &[], b"cluster credential set c1\nShortTok9\n");
+    assert_ne!(r.code, 0, "{r:?}");
     w.set_token();
 
     // kube_ca changed by another admin while the credential is being piped:

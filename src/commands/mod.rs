@@ -430,7 +430,15 @@ pub async fn execute(ctx: &Ctx<'_>, words: &[String], confirmed: bool) -> Respon
             };
         }
         Err(e) => {
-            audit(ctx, "invalid", None, &failed_line, "", Some(&e)).await;
+            audit(
+                ctx,
+                "invalid",
+                None,
+                &Recorded::invalid(words),
+                "",
+                Some(&e),
+            )
+            .await;
             return error_response(e, json_wanted);
         }
     };
@@ -598,6 +606,42 @@ impl Recorded {
         Recorded::new(words, true)
     }
 
+    /// A command line that did not parse: only the words of the command
+    /// language (command names, option names) are kept. It ran nothing,
+    /// and what else it holds is as likely a secret pasted into the wrong
+    /// place (a token on a shell line of its own, a look-alike of
+    /// `credential`) as a misspelt argument.
+    pub(crate) fn invalid(words: &[String]) -> Recorded {
+        let own = grammar_words();
+        let mut hidden = Vec::new();
+        let kept: Vec<String> = words
+            .iter()
+            .map(|w| {
+                let (name, value) = match w.split_once('=') {
+                    Some((k, v)) if k.starts_with('-') => (k, Some(v)),
+                    _ => (w.as_str(), None),
+                };
+                match value {
+                    _ if !own.contains(name) => {
+                        hidden.push(w.clone());
+                        NOT_RECORDED.to_string()
+                    }
+                    Some(v) => {
+                        hidden.push(v.to_string());
+                        format!("{name}={NOT_RECORDED}")
+                    }
+                    None => w.clone(),
+                }
+            })
+            .collect();
+        hidden.retain(|s| !s.is_empty());
+        hidden.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Recorded {
+            line: shell_words::join(kept),
+            hidden,
+        }
+    }
+
     fn new(words: &[String], failed: bool) -> Recorded {
         const OWN: [&str; 7] = [
             "cluster",
@@ -684,6 +728,32 @@ impl Recorded {
             out
         })
     }
+}
+
+/// The words of the command language: every command and subcommand name
+/// and every option's `--long` and `-s` form, from the grammar itself.
+fn grammar_words() -> &'static std::collections::HashSet<String> {
+    static WORDS: std::sync::OnceLock<std::collections::HashSet<String>> =
+        std::sync::OnceLock::new();
+    WORDS.get_or_init(|| {
+        fn walk(cmd: &clap::Command, words: &mut std::collections::HashSet<String>) {
+            words.insert(cmd.get_name().to_string());
+            for arg in cmd.get_arguments() {
+                if let Some(l) = arg.get_long() {
+                    words.insert(format!("--{l}"));
+                }
+                if let Some(s) = arg.get_short() {
+                    words.insert(format!("-{s}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, words);
+            }
+        }
+        let mut words = std::collections::HashSet::from(["help".to_string(), "--".to_string()]);
+        walk(&<Invocation as clap::CommandFactory>::command(), &mut words);
+        words
+    })
 }
 
 /// Whether a word holds something that looks like a token or key material
@@ -980,6 +1050,27 @@ mod tests {
         ] {
             assert!(!failed(line).line.contains("Qz09"), "{line}");
         }
+        // A line that does not parse keeps only the command language's
+        // words: a token pasted as a line, or after a look-alike.
+        let invalid = |s: &str| {
+            let words: Vec<String> = s.split(' ').map(str::to_string).collect();
+            Recorded::invalid(&words)
+        };
+        let r = invalid("SeCrEtTok3n");
+        assert_eq!(r.line, "'[not recorded]'");
+        assert_eq!(
+            r.scrub("unrecognized subcommand 'SeCrEtTok3n'"),
+            "unrecognized subcommand '[not recorded]'"
+        );
+        assert_eq!(
+            invalid("cluster cr\u{435}dential set c1 tok").line,
+            "cluster '[not recorded]' set '[not recorded]' '[not recorded]'"
+        );
+        assert_eq!(
+            invalid("cluster list --project=tok --bogus").line,
+            "cluster list '--project=[not recorded]' '[not recorded]'"
+        );
+        assert_eq!(invalid("clster list").line, "'[not recorded]' list");
         // Other failed lines are recorded as typed.
         assert_eq!(
             failed("member add bob@example.com").line,
