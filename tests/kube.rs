@@ -522,6 +522,35 @@ fn kubectl_as_yourself_through_socks_and_a_local_forward() {
         assert_eq!(req["auth"], "cert:gatehouse", "{req}");
         assert!(header(req, "authorization").is_empty(), "{req}");
     }
+    // A certificate the API server does not accept is named as the cause.
+    sh(
+        dir(&w),
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+         -subj /CN=stranger -days 1 -keyout stranger.key -out stranger.crt 2>/dev/null",
+    );
+    let stranger = format!(
+        "{}{}",
+        std::fs::read_to_string(dir(&w).join("stranger.crt")).unwrap(),
+        std::fs::read_to_string(dir(&w).join("stranger.key")).unwrap()
+    );
+    w.ssh_stdin(
+        "alice",
+        &["cluster", "credential", "set", "c1"],
+        stranger.as_bytes(),
+    )
+    .ok();
+    let r = w.kubectl(&alice_kc, &["get", "pods"]);
+    assert!(
+        r.stderr
+            .contains("refused the cluster's client certificate"),
+        "{r:?}"
+    );
+    w.ssh_stdin(
+        "alice",
+        &["cluster", "credential", "set", "c1"],
+        pem.as_bytes(),
+    )
+    .ok();
 
     // Every request is audited with its verb, path and status; exec with
     // its pod and duration.

@@ -437,12 +437,25 @@ impl Door {
                 );
             }
             Err(e) => {
-                let why = format!(
-                    "gatehouse cannot reach the API server of cluster {} at {}: {}",
-                    self.cluster,
-                    grant.resolved.connect,
-                    error_chain(&e)
+                let chain = error_chain(&e);
+                // An alert the API server sends after the handshake is about
+                // the client certificate: its own certificate was checked
+                // here, and a failure there says so without an alert.
+                let certificate = matches!(
+                    grant.credential.credential,
+                    ClusterCredential::Certificate { .. }
                 );
+                let why = if certificate && chain.contains("received fatal alert") {
+                    format!(
+                        "the API server of cluster {} at {} refused the cluster's client certificate ({chain}): a project admin sets a valid one with `cluster credential set {}`",
+                        self.cluster, grant.resolved.connect, self.cluster
+                    )
+                } else {
+                    format!(
+                        "gatehouse cannot reach the API server of cluster {} at {}: {chain}",
+                        self.cluster, grant.resolved.connect
+                    )
+                };
                 tracing::warn!(account = %self.conn.account.login, reason = %why, "kube request failed");
                 return self.unavailable(&info, &args, &why).await;
             }
