@@ -87,7 +87,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         // Ordered against `cluster_configure`, which takes the same lock
         // before it changes the server and clears the credential.
-        self.lock_cluster(&mut tx, cluster_id).await?;
+        self.lock(&mut tx, super::Row::Cluster, cluster_id).await?;
         let server: Option<(Option<String>, Option<String>)> =
             sqlx::query_as("SELECT kube_api, kube_ca FROM clusters WHERE id = $1")
                 .bind(cluster_id)

@@ -311,7 +311,7 @@ impl Store {
         gpu_type: Option<&str>,
     ) -> Result<Cluster> {
         let mut tx = self.begin_write().await?;
-        self.lock_project(&mut tx, project_id).await?;
+        self.lock(&mut tx, super::Row::Project, project_id).await?;
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO clusters (project_id, name, gpu_type, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
         )
@@ -342,7 +342,7 @@ impl Store {
         let cluster = self.cluster(project_id, name).await?;
         let nodes = self.nodes_of_cluster(cluster.id).await?;
         let mut tx = self.begin_write().await?;
-        self.lock_project(&mut tx, project_id).await?;
+        self.lock(&mut tx, super::Row::Project, project_id).await?;
         sqlx::query("UPDATE nodes SET cluster_id = NULL WHERE cluster_id = $1")
             .bind(cluster.id)
             .execute(&mut *tx)
@@ -374,7 +374,7 @@ impl Store {
         count: i64,
     ) -> Result<Vec<Node>> {
         let mut tx = self.begin_write().await?;
-        self.lock_project(&mut tx, project_id).await?;
+        self.lock(&mut tx, super::Row::Project, project_id).await?;
         let found: Option<(i64, Option<String>)> =
             sqlx::query_as("SELECT id, gpu_type FROM clusters WHERE project_id = $1 AND name = $2")
                 .bind(project_id)
@@ -443,7 +443,7 @@ impl Store {
             // Before the credential goes: a `cluster_credential_set` under
             // way either finishes first (and is cleared here) or waits and
             // sees the new server (and refuses).
-            self.lock_cluster(&mut tx, cluster_id).await?;
+            self.lock(&mut tx, super::Row::Cluster, cluster_id).await?;
             let done = sqlx::query("DELETE FROM cluster_credentials WHERE cluster_id = $1")
                 .bind(cluster_id)
                 .execute(&mut *tx)

@@ -45,6 +45,13 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// A row [`Store::lock`] can take.
+#[derive(Clone, Copy)]
+enum Row {
+    Project,
+    Cluster,
+}
+
 /// True when `e` is a unique-constraint violation, on either backend.
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
@@ -190,35 +197,17 @@ impl Store {
         })
     }
 
-    /// Serialises changes to one project's memberships and clusters across
-    /// transactions. SQLite already holds the database write lock.
-    async fn lock_project(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        project_id: i64,
-    ) -> Result<()> {
+    /// Serialises changes to one row's dependants across transactions on
+    /// PostgreSQL (SQLite already holds the database write lock): a
+    /// project's memberships and clusters, or a cluster's API server and
+    /// credential.
+    async fn lock(&self, tx: &mut Transaction<'static, Any>, row: Row, id: i64) -> Result<()> {
         if self.backend == Backend::Postgres {
-            sqlx::query("SELECT id FROM projects WHERE id = $1 FOR UPDATE")
-                .bind(project_id)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Serialises changes to one cluster's API server and credential
-    /// across transactions (PostgreSQL; SQLite already holds the database
-    /// write lock).
-    async fn lock_cluster(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        cluster_id: i64,
-    ) -> Result<()> {
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT id FROM clusters WHERE id = $1 FOR UPDATE")
-                .bind(cluster_id)
-                .execute(&mut **tx)
-                .await?;
+            let sql = match row {
+                Row::Project => "SELECT id FROM projects WHERE id = $1 FOR UPDATE",
+                Row::Cluster => "SELECT id FROM clusters WHERE id = $1 FOR UPDATE",
+            };
+            sqlx::query(sql).bind(id).execute(&mut **tx).await?;
         }
         Ok(())
     }

@@ -153,7 +153,7 @@ impl Store {
     /// removed meanwhile cannot slip through.
     pub async fn member_add(&self, project_id: i64, account_id: i64, role: Role) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        self.lock_project(&mut tx, project_id).await?;
+        self.lock(&mut tx, super::Row::Project, project_id).await?;
         let email = ensure_can_join(&mut tx, account_id).await?;
         sqlx::query("INSERT INTO memberships (project_id, account_id, role, created_at) VALUES ($1, $2, $3, $4)")
             .bind(project_id)
@@ -177,7 +177,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         let (id,) = found.ok_or_else(|| StoreError::NotFound(format!("no project {name}")))?;
-        self.lock_project(&mut tx, id).await?;
+        self.lock(&mut tx, super::Row::Project, id).await?;
         let (clusters,): (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM clusters WHERE project_id = $1")
                 .bind(id)
@@ -234,7 +234,7 @@ impl Store {
         email: &str,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        self.lock_project(&mut tx, project_id).await?;
+        self.lock(&mut tx, super::Row::Project, project_id).await?;
         let role = self
             .role_in_tx(&mut tx, project_id, account_id, email)
             .await?;
@@ -266,7 +266,7 @@ impl Store {
         role: Role,
     ) -> Result<Role> {
         let mut tx = self.begin_write().await?;
-        self.lock_project(&mut tx, project_id).await?;
+        self.lock(&mut tx, super::Row::Project, project_id).await?;
         let old = self
             .role_in_tx(&mut tx, project_id, account_id, email)
             .await?;
