@@ -904,9 +904,12 @@ fn text(s: String) -> Outcome_ {
 mod tests {
     use super::*;
 
+    fn words(s: &str) -> Vec<String> {
+        s.split(' ').map(str::to_string).collect()
+    }
+
     fn line(s: &str) -> String {
-        let words: Vec<String> = s.split(' ').map(str::to_string).collect();
-        Recorded::of(&words).line
+        Recorded::of(&words(s)).line
     }
 
     #[test]
@@ -986,12 +989,9 @@ mod tests {
 
     #[test]
     fn usage_errors_point_at_help_that_works() {
-        let hint = |s: &str| {
-            let words: Vec<String> = s.split(' ').map(str::to_string).collect();
-            match parse(&words) {
-                Err(e) => e.to_string(),
-                Ok(_) => panic!("{s} parsed"),
-            }
+        let hint = |s: &str| match parse(&words(s)) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{s} parsed"),
         };
         assert!(hint("kubeconfig a100s --bogus").ends_with("run `help kubeconfig`"));
         assert!(
@@ -1004,10 +1004,7 @@ mod tests {
 
     #[test]
     fn a_failed_credential_line_keeps_only_its_own_words() {
-        let failed = |s: &str| {
-            let words: Vec<String> = s.split(' ').map(str::to_string).collect();
-            Recorded::failed(&words)
-        };
+        let failed = |s: &str| Recorded::failed(&words(s));
         // A short secret where the cluster or project goes, or as an option.
         let r = failed("cluster credential set s3cr3t");
         assert_eq!(r.line, "cluster credential set '[not recorded]'");
@@ -1028,11 +1025,8 @@ mod tests {
             "cluster credential '[not recorded]'"
         );
         // A line that worked named a real cluster, and is kept.
-        let words: Vec<String> = ["-p", "train", "cluster", "credential", "set", "c1"]
-            .map(String::from)
-            .to_vec();
         assert_eq!(
-            Recorded::of(&words).line,
+            line("-p train cluster credential set c1"),
             "-p train cluster credential set c1"
         );
         // A name-like secret with capitals: errors suggest its lower case.
@@ -1052,10 +1046,7 @@ mod tests {
         }
         // A line that does not parse keeps only the command language's
         // words: a token pasted as a line, or after a look-alike.
-        let invalid = |s: &str| {
-            let words: Vec<String> = s.split(' ').map(str::to_string).collect();
-            Recorded::invalid(&words)
-        };
+        let invalid = |s: &str| Recorded::invalid(&words(s));
         let r = invalid("SeCrEtTok3n");
         assert_eq!(r.line, "'[not recorded]'");
         assert_eq!(
